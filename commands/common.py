@@ -1,0 +1,128 @@
+"""Orchestration helpers shared by the commands: seeding, run folders, data, embeddings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from config import Config, DataConfig, resolve_path
+from models import LoadedModels, ModelSource
+from rl.data_source import DataSource, chunk_documents, make_data_source
+from rl.embeddings import embed_texts
+
+ENCODER_MAX_TOKENS = 512
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_run_dir(cfg: Config, command: str) -> Path:
+    """runs/<command>_<UTC time>/ with the resolved config in it."""
+    base = resolve_path(cfg.train.runs_dir)
+    run_dir = base / f"{command}_{utc_stamp()}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir = base / f"{command}_{utc_stamp()}_{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return run_dir
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def importance_path(cfg: Config, llm: ModelSource) -> Path:
+    """The orderings file the env uses: env.importance_file, else the importance command's output."""
+    if cfg.env.importance_file:
+        return resolve_path(cfg.env.importance_file)
+    name = f"{llm.slug}_{cfg.importance.criterion}.json"
+    return resolve_path(cfg.importance.output_dir) / name
+
+
+def make_source(data: DataConfig) -> DataSource:
+    path = resolve_path(data.path) if data.path else None
+    if path is not None and not path.is_dir():
+        key = f"data.{data.dataset}_path"
+        raise FileNotFoundError(f"{key}={data.path} is not a folder; point it at the data folder")
+    options: dict[str, Any] = {"subjects": data.subjects} if data.dataset == "mmlu" else {}
+    return make_data_source(data.dataset, path, **options)
+
+
+def load_items(data: DataConfig, split: str, limit: int | None = None) -> list[Any]:
+    """Items of one split, capped by data.max_samples and `limit` (first N)."""
+    items = list(make_source(data).load(split))
+    cap = min(x for x in (data.max_samples, limit, len(items)) if x is not None)
+    if not items:
+        raise ValueError(f"split {split!r} of {data.dataset} has no items; check the data folder")
+    return items[:cap]
+
+
+def training_items(cfg: Config, tokenizer: Any) -> list[Any]:
+    """WikiText documents are cut into max_length-token windows; MMLU questions are used as is."""
+    items = list(make_source(cfg.data).load(cfg.data.train_split))
+    if cfg.data.dataset == "wikitext":
+        items = chunk_documents(items, tokenizer, cfg.env.max_length)
+    if cfg.data.max_samples:
+        order = np.random.default_rng(cfg.seed).permutation(len(items))[: cfg.data.max_samples]
+        items = [items[i] for i in sorted(order)]
+    return items
+
+
+def observations(models: LoadedModels, data: DataConfig, texts: Sequence[str]) -> np.ndarray:
+    """Encoder embeddings of `texts` [n, dim], computed once and cached on disk by content."""
+
+    def compute() -> np.ndarray:
+        return embed_texts(
+            models.encoder,
+            models.encoder_tokenizer,
+            texts,
+            data.embedding_batch_size,
+            ENCODER_MAX_TOKENS,
+        )
+
+    if data.embedding_cache is None:
+        return compute()
+    key = hashlib.sha256(f"{models.encoder_source}\n{ENCODER_MAX_TOKENS}\n".encode())
+    for text in texts:
+        key.update(hashlib.sha256(text.encode()).digest())
+    path = resolve_path(data.embedding_cache) / f"{key.hexdigest()[:24]}.npy"
+    if path.is_file():
+        emb = np.load(path)
+        if emb.shape[0] == len(texts):
+            return emb
+    emb = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, path)
+    return emb

@@ -1,0 +1,218 @@
+"""Typed configuration: `config.yml` (+ an optional preset layered on it) -> pydantic models.
+
+A preset names its base with `base: <path relative to the preset>` and lists only the keys it
+overrides. `--set a.b=c` overrides apply last; values are parsed as YAML (`--set sac.net_arch=[64,64]`).
+Every failure is a `ConfigError` (a `ValueError`) whose one-line message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line that names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    llm: str  # hub id | local dir | file or dir inside an installed package: "package:<dist>/<path>"
+    encoder: str  # same syntax as llm
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device_map: Literal["auto"] | None = None  # "auto": spread a too-large LLM over all GPUs
+
+
+class DataConfig(_Section):
+    dataset: Literal["wikitext", "mmlu"] = "wikitext"
+    wikitext_path: str | None = None  # folder with wiki.{train,valid,test}.raw; None = the hub
+    mmlu_path: str | None = None  # folder with MMLU test/ dev/ val/ CSVs; None = the hub
+    train_split: str = "validation"  # split the agent trains on
+    eval_split: str = "test"  # split `eval` and `score` report on
+    subjects: list[str] | None = None  # MMLU subject filter; None = all 57
+    max_samples: int | None = Field(default=None, gt=0)  # cap on items per split
+    embedding_cache: str | None = "cache/embeddings"  # folder for cached encoder outputs; None = off
+    embedding_batch_size: int = Field(default=32, gt=0)
+
+
+    @property
+    def path(self) -> str | None:
+        """Local folder of the configured dataset (None = the hub)."""
+        return self.wikitext_path if self.dataset == "wikitext" else self.mmlu_path
+
+
+class EnvConfig(_Section):
+    max_length: int = Field(default=2048, gt=1)  # tokens per window (LLM context used for scoring)
+    quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # 1 = only quality, 0 = only sparsity
+    importance_file: str | None = None  # neuron orderings; None = <importance.output_dir>/<slug>_<criterion>.json
+    align: int = Field(default=8, gt=0)  # kept neurons per layer rounded to a multiple of this
+    storage: Literal["cpu", "gpu"] = "gpu"  # where removed weights would live (copy-out designs only)
+    prefix_token: Literal["bos", "eos"] = "bos"  # first-window context token; lm-eval uses BOS
+    mmlu_mode: Literal["letter", "choice_text"] = "letter"  # lm-eval's acc, or the seed's scoring
+    mmlu_num_fewshot: int = Field(default=0, ge=0, le=5)  # dev-split examples in MMLU prompts
+    batch_size: int = Field(default=8, gt=0)  # windows per forward pass when scoring
+
+
+class SACConfig(_Section):
+    learning_rate: float = Field(default=3e-4, gt=0)
+    buffer_size: int = Field(default=100_000, gt=0)
+    learning_starts: int = Field(default=100, ge=0)  # random-action steps before updates start
+    batch_size: int = Field(default=256, gt=0)
+    tau: float = Field(default=0.005, gt=0, le=1)
+    gamma: float = Field(default=0.0, ge=0, le=1)  # a one-step bandit: no bootstrapping
+    train_freq: int = Field(default=1, gt=0)
+    gradient_steps: int = Field(default=1, ge=-1)
+    ent_coef: str | float = "auto"
+    target_entropy: str | float = "auto"
+    net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
+    init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # prune fraction the untrained actor starts near
+
+
+class TrainConfig(_Section):
+    total_steps: int = Field(default=10_000, gt=0)  # environment steps (one step = one prune + score)
+    checkpoint_every: int = Field(default=500, gt=0)  # steps between checkpoints (agent + buffer)
+    n_envs: int = Field(default=1, gt=0)  # environments stepped together (batched evaluation)
+    devices: list[int] | Literal["auto"] | None = None  # one worker process per GPU; None = in-process
+    runs_dir: str = "runs"  # every command writes runs/<command>_<UTC time>/
+    eval_after: bool = False  # run `eval` on the final agent when training ends
+
+
+class EvalConfig(_Section):
+    agent: str | None = None  # agent .zip; None = final agent of the newest train run in runs_dir
+    limit: int | None = Field(default=None, gt=0)  # evaluate only the first N items
+
+
+class ImportanceConfig(_Section):
+    criterion: Literal["mean_abs_activation", "wanda"] = "mean_abs_activation"
+    split: str = "validation"  # calibration split of the configured dataset
+    num_samples: int = Field(default=64, gt=0)  # calibration windows
+    max_length: int = Field(default=512, gt=1)  # tokens per calibration window
+    batch_size: int = Field(default=4, gt=0)
+    output_dir: str = "grouping_statistics"
+
+
+class Config(_Section):
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    env: EnvConfig = EnvConfig()
+    sac: SACConfig = SACConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    importance: ImportanceConfig = ImportanceConfig()
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> Config:
+        valid = {"wikitext": {"train", "validation", "test"}, "mmlu": {"test", "validation", "dev"}}
+        for key in ("train_split", "eval_split"):
+            split = getattr(self.data, key)
+            if split not in valid[self.data.dataset]:
+                raise ValueError(
+                    f"data.{key}={split!r} is not a {self.data.dataset} split; "
+                    f"use one of {sorted(valid[self.data.dataset])}"
+                )
+        return self
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path: absolute as given, else relative to the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file, following `base:` links (a preset lists only what it overrides)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {path} includes itself through `base:`; remove the cycle")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(load_raw(path.parent / base, (*_seen, path)), data)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` strings; the value is parsed as YAML."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; write e.g. --set env.max_length=512")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section; check the key path")
+        node[leaf] = yaml.safe_load(text) if text else None
+    return raw
+
+
+def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Valid keys of the section that holds `loc`'s last element."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _field_names(Config, loc), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "remove it"
+        return f"unknown config key {key!r}; {hint}"
+    if err["type"] == "missing":
+        return f"config key {key!r} is missing; add it to the config file"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":
+        return msg
+    return f"config key {key!r}: {msg} (got {err.get('input')!r}); fix the value"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, layer, override and validate a config; raises `ConfigError` with one line."""
+    raw = apply_overrides(load_raw(Path(path)), overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,46 @@
+"""Learn how much of each LLM layer to prune, per input, with reinforcement learning.
+
+    python3 main.py <command> [--config PATH] [--set section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from commands import COMMANDS
+from config import load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.HELP, description=command.HELP)
+        p.add_argument("--config", default="config.yml", help="YAML config or preset (default: %(default)s)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set env.quality_weight=0.7 (repeatable)",
+        )
+        p.add_argument("--debug", action="store_true", help="show the traceback on errors")
+        command.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        return COMMANDS[args.command].run(cfg, args)
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Model sources and loading: a hub id, a local folder or file, or a file inside an installed package."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from config import ConfigError, ModelConfig, resolve_path
+
+PACKAGE_PREFIX = "package:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where `from_pretrained` should look: `location` is a hub id or a folder; `gguf_file` a file in it."""
+
+    location: str
+    gguf_file: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """Short lowercase name for output files, e.g. `llama-3.1-8b-instruct`."""
+        name = self.gguf_file.removesuffix(".gguf") if self.gguf_file else Path(self.location).name
+        name = re.sub(r"\.(q\d\w*|f16|f32|bf16)$", "", name, flags=re.IGNORECASE)  # quant suffix
+        return re.sub(r"[^a-z0-9._-]+", "-", name.lower())
+
+
+def _package_path(spec: str) -> Path:
+    """`<dist>/<path>` -> that path inside the installed distribution (the package is not imported)."""
+    dist_name, _, inner = spec.partition("/")
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            f"package {dist_name!r} is not installed; pip install --no-deps {dist_name}"
+        ) from None
+    root = Path(str(dist.locate_file("")))
+    tops = sorted({Path(str(f)).parts[0] for f in dist.files or []} - {".."})
+    for top in tops:
+        candidate = root / top / inner
+        if inner and not top.endswith(".dist-info") and candidate.exists():
+            return candidate
+    raise ConfigError(f"package {dist_name!r} has no {inner!r}; check the path after the package")
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Turn a config model string into a `ModelSource`, failing early with the fix."""
+    if spec.startswith(PACKAGE_PREFIX):
+        path = _package_path(spec.removeprefix(PACKAGE_PREFIX))
+    else:
+        path = resolve_path(spec)
+        if not path.exists():
+            if _HUB_ID.match(spec):
+                return ModelSource(spec)
+            raise ConfigError(f"model path {spec!r} does not exist; give a folder, file or hub id")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ConfigError(f"model file {path} is not a .gguf file; give its folder instead")
+        return ModelSource(str(path.parent), path.name)
+    return ModelSource(str(path))
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={device!r} but no CUDA device is visible; use cpu or auto")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+@dataclass
+class LoadedModels:
+    llm: torch.nn.Module  # causal LM, to be wrapped by PrunableLLM
+    tokenizer: object
+    encoder: torch.nn.Module
+    encoder_tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    llm_source: ModelSource
+    encoder_source: ModelSource
+
+
+def load_models(cfg: ModelConfig) -> LoadedModels:
+    """Load the causal LM, its tokenizer, the sentence encoder and its tokenizer, in eval mode."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    llm_src, enc_src = resolve_source(cfg.llm), resolve_source(cfg.encoder)
+    kwargs: dict[str, object] = {"gguf_file": llm_src.gguf_file} if llm_src.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(llm_src.location, **kwargs)
+    placement = {"device_map": "auto"} if cfg.device_map else {}
+    llm = AutoModelForCausalLM.from_pretrained(llm_src.location, dtype=dtype, **kwargs, **placement)
+    if not cfg.device_map:
+        llm = llm.to(device)
+    enc_kwargs: dict[str, object] = {"gguf_file": enc_src.gguf_file} if enc_src.gguf_file else {}
+    encoder_tokenizer = AutoTokenizer.from_pretrained(enc_src.location, **enc_kwargs)
+    encoder = AutoModel.from_pretrained(enc_src.location, **enc_kwargs).to(device)
+    return LoadedModels(
+        llm=llm.eval(),
+        tokenizer=tokenizer,
+        encoder=encoder.eval(),
+        encoder_tokenizer=encoder_tokenizer,
+        device=device,
+        dtype=dtype,
+        llm_source=llm_src,
+        encoder_source=enc_src,
+    )
+
+
+def model_shape(llm: torch.nn.Module) -> tuple[int, int]:
+    """(decoder layers, MLP width), read from the model itself."""
+    layers = llm.model.layers
+    return len(layers), layers[0].mlp.gate_proj.out_features
