@@ -1,7 +1,8 @@
 """Typed configuration: `config.yml` (+ an optional preset layered on it) -> pydantic models.
 
 A preset names its base with `base: <path relative to the preset>` and lists only the keys it
-overrides. `--set a.b=c` overrides apply last; values are parsed as YAML (`--set sac.net_arch=[64,64]`).
+overrides. `--set a.b=c` overrides apply last; values are parsed as YAML
+(`--set sac.net_arch=[64,64]`).
 Every failure is a `ConfigError` (a `ValueError`) whose one-line message names the key and the fix.
 """
 
@@ -26,7 +27,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    llm: str  # hub id | local dir | file or dir inside an installed package: "package:<dist>/<path>"
+    llm: str  # hub id | local dir | file inside an installed package: "package:<dist>/<path>"
     encoder: str  # same syntax as llm
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -41,9 +42,8 @@ class DataConfig(_Section):
     eval_split: str = "test"  # split `eval` and `score` report on
     subjects: list[str] | None = None  # MMLU subject filter; None = all 57
     max_samples: int | None = Field(default=None, gt=0)  # cap on items per split
-    embedding_cache: str | None = "cache/embeddings"  # folder for cached encoder outputs; None = off
+    embedding_cache: str | None = "cache/embeddings"  # cached encoder outputs; None = off
     embedding_batch_size: int = Field(default=32, gt=0)
-
 
     @property
     def path(self) -> str | None:
@@ -53,10 +53,10 @@ class DataConfig(_Section):
 
 class EnvConfig(_Section):
     max_length: int = Field(default=2048, gt=1)  # tokens per window (LLM context used for scoring)
-    quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # 1 = only quality, 0 = only sparsity
-    importance_file: str | None = None  # neuron orderings; None = <importance.output_dir>/<slug>_<criterion>.json
+    quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # 1: only quality, 0: only sparsity
+    importance_file: str | None = None  # neuron orderings; None = importance command output
     align: int = Field(default=8, gt=0)  # kept neurons per layer rounded to a multiple of this
-    storage: Literal["cpu", "gpu"] = "gpu"  # where removed weights would live (copy-out designs only)
+    storage: Literal["cpu", "gpu"] = "gpu"  # copy-out designs only: where removed rows live
     prefix_token: Literal["bos", "eos"] = "bos"  # first-window context token; lm-eval uses BOS
     mmlu_mode: Literal["letter", "choice_text"] = "letter"  # lm-eval's acc, or the seed's scoring
     mmlu_num_fewshot: int = Field(default=0, ge=0, le=5)  # dev-split examples in MMLU prompts
@@ -75,14 +75,14 @@ class SACConfig(_Section):
     ent_coef: str | float = "auto"
     target_entropy: str | float = "auto"
     net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
-    init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # prune fraction the untrained actor starts near
+    init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # untrained actor's mean fraction
 
 
 class TrainConfig(_Section):
-    total_steps: int = Field(default=10_000, gt=0)  # environment steps (one step = one prune + score)
+    total_steps: int = Field(default=10_000, gt=0)  # env steps (one = prune + score)
     checkpoint_every: int = Field(default=500, gt=0)  # steps between checkpoints (agent + buffer)
     n_envs: int = Field(default=1, gt=0)  # environments stepped together (batched evaluation)
-    devices: list[int] | Literal["auto"] | None = None  # one worker process per GPU; None = in-process
+    devices: list[int] | Literal["auto"] | None = None  # one worker per GPU; None = in-process
     runs_dir: str = "runs"  # every command writes runs/<command>_<UTC time>/
     eval_after: bool = False  # run `eval` on the final agent when training ends
 
@@ -140,7 +140,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
     return data
 
 
@@ -171,7 +171,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; write e.g. --set env.max_length=512")
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set env.max_length=512")
         *parents, leaf = key.split(".")
         node = raw
         for part in parents:

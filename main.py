@@ -1,6 +1,6 @@
 """Learn how much of each LLM layer to prune, per input, with reinforcement learning.
 
-    python3 main.py <command> [--config PATH] [--set section.key=value ...]
+python3 main.py <command> [--config PATH] [--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.HELP, description=command.HELP)
-        p.add_argument("--config", default="config.yml", help="YAML config or preset (default: %(default)s)")
+        p.add_argument("--config", default="config.yml", help="config or preset (%(default)s)")
         p.add_argument(
             "--set",
             action="append",

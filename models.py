@@ -1,4 +1,4 @@
-"""Model sources and loading: a hub id, a local folder or file, or a file inside an installed package."""
+"""Model sources (hub id, local folder or file, file inside an installed package) and loading."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where `from_pretrained` should look: `location` is a hub id or a folder; `gguf_file` a file in it."""
+    """What `from_pretrained` gets: a hub id or folder, and optionally a GGUF file in it."""
 
     location: str
     gguf_file: str | None = None
@@ -31,7 +31,7 @@ class ModelSource:
 
 
 def _package_path(spec: str) -> Path:
-    """`<dist>/<path>` -> that path inside the installed distribution (the package is not imported)."""
+    """`<dist>/<path>` -> that path inside the installed distribution, without importing it."""
     dist_name, _, inner = spec.partition("/")
     try:
         dist = importlib.metadata.distribution(dist_name)

@@ -62,7 +62,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def importance_path(cfg: Config, llm: ModelSource) -> Path:
-    """The orderings file the env uses: env.importance_file, else the importance command's output."""
+    """Orderings file: env.importance_file, else what `main.py importance` writes."""
     if cfg.env.importance_file:
         return resolve_path(cfg.env.importance_file)
     name = f"{llm.slug}_{cfg.importance.criterion}.json"
