@@ -69,12 +69,14 @@ def importance_path(cfg: Config, llm: ModelSource) -> Path:
     return resolve_path(cfg.importance.output_dir) / name
 
 
-def make_source(data: DataConfig) -> DataSource:
+def make_source(data: DataConfig, seed: int = 0) -> DataSource:
     path = resolve_path(data.path) if data.path else None
     if path is not None and not path.is_dir():
         key = f"data.{data.dataset}_path"
         raise FileNotFoundError(f"{key}={data.path} is not a folder; point it at the data folder")
-    options: dict[str, Any] = {"subjects": data.subjects} if data.dataset == "mmlu" else {}
+    options: dict[str, Any] = {}
+    if data.dataset == "mmlu":  # a seeded sample across subjects, not the first subjects
+        options = {"subjects": data.subjects, "max_samples": data.max_samples, "seed": seed}
     return make_data_source(data.dataset, path, **options)
 
 
