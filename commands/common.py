@@ -61,12 +61,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def importance_path(cfg: Config, llm: ModelSource) -> Path:
-    """Orderings file: env.importance_file, else what `main.py importance` writes."""
-    if cfg.env.importance_file:
-        return resolve_path(cfg.env.importance_file)
+def written_importance_path(cfg: Config, llm: ModelSource) -> Path:
+    """Where `main.py importance` writes: <importance.output_dir>/<llm slug>_<criterion>.json."""
     name = f"{llm.slug}_{cfg.importance.criterion}.json"
     return resolve_path(cfg.importance.output_dir) / name
+
+
+def importance_path(cfg: Config, llm: ModelSource) -> Path:
+    """Orderings file the env uses: env.importance_file, else what `importance` writes."""
+    if cfg.env.importance_file:
+        return resolve_path(cfg.env.importance_file)
+    return written_importance_path(cfg, llm)
 
 
 def make_source(data: DataConfig, seed: int = 0) -> DataSource:
