@@ -1,18 +1,163 @@
-"""train command."""
+"""`train`: SAC learns per-layer prune fractions from sentence embeddings."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
 
-from config import Config
+import torch
+import yaml
+from stable_baselines3 import SAC
 
-HELP = "train"
+from commands.build import make_pruner, make_vec_env
+from commands.common import (
+    new_run_dir,
+    observations,
+    resolve_path,
+    seed_everything,
+    training_items,
+    write_json,
+)
+from config import Config, ConfigError, SACConfig
+from models import load_models
+from rl.checkpoints import (
+    AGENT,
+    BUFFER,
+    CheckpointCallback,
+    ProgressCallback,
+    latest_checkpoint,
+    load_agent,
+    save_checkpoint,
+)
+
+HELP = "Train the SAC pruning agent (train.total_steps env steps) with checkpoints."
+FINAL_AGENT = "agent_final.zip"
+# Keys that may change when resuming: how long to train and what happens after.
+RESUMABLE_CHANGES = {("train", "total_steps"), ("train", "eval_after"), ("eval", "agent")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue a train run folder ('latest' = newest) from its last checkpoint",
+    )
+
+
+def make_agent(sac: SACConfig, env: Any, tensorboard: Path, seed: int) -> SAC:
+    agent = SAC(
+        "MlpPolicy",
+        env,
+        learning_rate=sac.learning_rate,
+        buffer_size=sac.buffer_size,
+        learning_starts=sac.learning_starts,
+        batch_size=sac.batch_size,
+        tau=sac.tau,
+        gamma=sac.gamma,
+        train_freq=sac.train_freq,
+        gradient_steps=sac.gradient_steps,
+        ent_coef=sac.ent_coef,
+        target_entropy=sac.target_entropy,
+        policy_kwargs={"net_arch": list(sac.net_arch)},
+        tensorboard_log=str(tensorboard),
+        seed=seed,
+        device="auto",
+    )
+    # Start the deterministic policy near init_action (tanh-squashed, then mapped to [0, 1]).
+    with torch.no_grad():
+        agent.actor.mu.bias.fill_(math.atanh(2 * sac.init_action - 1))
+    return agent
+
+
+def find_run(spec: str, runs_dir: Path) -> Path:
+    if spec == "latest":
+        runs = sorted(runs_dir.glob("train_*"))
+        if not runs:
+            raise FileNotFoundError(f"no train run in {runs_dir} to resume; drop --resume")
+        return runs[-1]
+    run = Path(spec)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a train run folder (no config.yaml)")
+    return run
+
+
+def check_same_config(cfg: Config, run: Path) -> None:
+    """A resumed run must use the config it started with (bar RESUMABLE_CHANGES)."""
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    new = cfg.model_dump()
+    for section, values in new.items():
+        if not isinstance(values, dict):
+            if old.get(section) != values:
+                raise ConfigError(
+                    f"--resume: {section} changed ({old.get(section)!r} -> {values!r})"
+                )
+            continue
+        for key, value in values.items():
+            before = old.get(section, {}).get(key)
+            if (section, key) not in RESUMABLE_CHANGES and before != value:
+                raise ConfigError(
+                    f"--resume: {section}.{key} changed ({before!r} -> {value!r}); "
+                    f"resume with the run's config ({run / 'config.yaml'}) or start a new run"
+                )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    del cfg, args
-    raise NotImplementedError("not yet implemented")
+    runs_dir = resolve_path(cfg.train.runs_dir)
+    resume = find_run(args.resume, runs_dir) if args.resume else None
+    if resume is not None:
+        check_same_config(cfg, resume)
+    seed_everything(cfg.seed)
+    models = load_models(cfg.model)
+    pruner = make_pruner(cfg, models)
+    items = training_items(cfg, models.tokenizer)
+    embeddings = observations(models, cfg.data, [item.text for item in items])
+    env = make_vec_env(
+        cfg, pruner if cfg.train.devices is None else None, models.tokenizer, items, embeddings
+    )
+    if resume is None:
+        run_dir = new_run_dir(cfg, "train")
+        agent = make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed)
+    else:
+        run_dir = resume
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from")
+        agent = load_agent(ckpt / AGENT, embeddings.shape[1], pruner.llm.n_layers)
+        agent.set_env(env)
+        agent.load_replay_buffer(ckpt / BUFFER)
+        print(f"resuming {run_dir.name} at step {agent.num_timesteps}")
+    print(f"run folder: {run_dir}  ({len(items)} training items, {pruner.llm.n_layers} layers)")
+    progress = ProgressCallback(cfg.train.total_steps)
+    checkpoints = CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every)
+    start = time.perf_counter()
+    remaining = cfg.train.total_steps - agent.num_timesteps
+    if remaining > 0:
+        agent.learn(
+            remaining,
+            callback=[progress, checkpoints],
+            reset_num_timesteps=resume is None,
+            tb_log_name="sac",
+        )
+    save_checkpoint(agent, run_dir / "checkpoints")
+    tmp = run_dir / ("tmp_" + FINAL_AGENT)
+    agent.save(tmp)
+    tmp.replace(run_dir / FINAL_AGENT)
+    summary = {
+        "steps": agent.num_timesteps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "training_items": len(items),
+        "agent": str(run_dir / FINAL_AGENT),
+        **progress.summary(),
+    }
+    write_json(run_dir / "train.json", summary)
+    print(f"saved {run_dir / FINAL_AGENT}: {summary}")
+    env.close()
+    if cfg.train.eval_after:
+        from commands.evaluate import evaluate_agent
+
+        evaluate_agent(cfg, models, pruner, run_dir / FINAL_AGENT)
+    return 0

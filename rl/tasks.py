@@ -66,6 +66,7 @@ class MMLUScorer:
         self.calculator = calculator
         self.model = calculator.model
         self.max_length = calculator.max_length
+        self.batch_size = 8  # rows per forward pass: each question has at most 4
         self.items = list(items)
 
     def __len__(self) -> int:
