@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from commands import COMMANDS
-from config import load_config
+from config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Our own tqdm bars and milestones are the output; silence the libraries' loading chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         cfg = load_config(args.config, args.set)
         return COMMANDS[args.command].run(cfg, args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except (ConfigError, FileNotFoundError, NotImplementedError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

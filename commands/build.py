@@ -11,7 +11,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from commands.common import importance_path, make_source
-from config import Config
+from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape
 from pruning.create_pruning_mask import PruningMaskGenerator
 from pruning.prunable_llm import PrunableLLM
@@ -94,7 +94,7 @@ def _devices(spec: list[int] | str) -> list[str]:
     ids = range(torch.cuda.device_count()) if spec == "auto" else spec
     devices = [f"cuda:{i}" for i in ids]
     if not devices:
-        raise ValueError("train.devices=auto but no CUDA device is visible; set it to null")
+        raise ConfigError("train.devices=auto but no CUDA device is visible; set it to null")
     return devices
 
 

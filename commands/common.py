@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from config import Config, DataConfig, resolve_path
+from config import Config, ConfigError, DataConfig, resolve_path
 from models import LoadedModels, ModelSource
 from rl.data_source import DataSource, chunk_documents, make_data_source
 from rl.embeddings import embed_texts
@@ -85,18 +85,26 @@ def make_source(data: DataConfig, seed: int = 0) -> DataSource:
     return make_data_source(data.dataset, path, **options)
 
 
+def load_split(data: DataConfig, split: str, seed: int = 0) -> list[Any]:
+    try:
+        items = list(make_source(data, seed).load(split))
+    except ValueError as exc:  # e.g. an unknown MMLU subject, with the closest valid one
+        raise ConfigError(str(exc)) from None
+    if not items:
+        raise ConfigError(f"split {split!r} of {data.dataset} has no items; check the data folder")
+    return items
+
+
 def load_items(data: DataConfig, split: str, limit: int | None = None) -> list[Any]:
     """Items of one split, capped by data.max_samples and `limit` (first N)."""
-    items = list(make_source(data).load(split))
+    items = load_split(data, split)
     cap = min(x for x in (data.max_samples, limit, len(items)) if x is not None)
-    if not items:
-        raise ValueError(f"split {split!r} of {data.dataset} has no items; check the data folder")
     return items[:cap]
 
 
 def training_items(cfg: Config, tokenizer: Any) -> list[Any]:
     """WikiText documents are cut into max_length-token windows; MMLU questions are used as is."""
-    items = list(make_source(cfg.data).load(cfg.data.train_split))
+    items = load_split(cfg.data, cfg.data.train_split, cfg.seed)
     if cfg.data.dataset == "wikitext":
         items = chunk_documents(items, tokenizer, cfg.env.max_length)
     if cfg.data.max_samples:

@@ -45,18 +45,19 @@ def parse_allocation(spec: str, n_layers: int) -> np.ndarray | None:
     elif Path(spec).suffix in {".json", ".yml", ".yaml"}:
         path = Path(spec)
         if not path.is_file():
-            raise ValueError(f"allocation file {spec} does not exist")
+            raise ConfigError(f"allocation file {spec} does not exist")
         values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
         values = values.get("fractions", values) if isinstance(values, dict) else values
     else:
         values = [_number(v) for v in spec.split(",")]
     if not isinstance(values, list) or len(values) != n_layers:
         got = len(values) if isinstance(values, list) else type(values).__name__
-        raise ValueError(f"allocation needs {n_layers} fractions (one per layer), got {got}")
+        raise ConfigError(f"allocation needs {n_layers} fractions (one per layer), got {got}")
     fractions = np.asarray([_number(v) for v in values], dtype=np.float64)
     bad = np.flatnonzero(~((fractions >= 0) & (fractions <= 1)))
     if len(bad):
-        raise ValueError(f"allocation fraction of layer {bad[0]} is {fractions[bad[0]]}; use [0,1]")
+        layer = int(bad[0])
+        raise ConfigError(f"allocation fraction of layer {layer} is {fractions[layer]}; use [0,1]")
     return fractions
 
 
@@ -64,7 +65,7 @@ def _number(value: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"allocation value {value!r} is not a number") from None
+        raise ConfigError(f"allocation value {value!r} is not a number") from None
 
 
 def evaluate_items(cfg: Config, models: LoadedModels, llm: Any, items: Sequence[Any]) -> dict:

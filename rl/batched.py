@@ -73,7 +73,7 @@ def score_samples(
                 row_of[key] = len(rows)
                 rows.append(key)
                 row_sample.append(s)
-            wanted.append((row_of[key], len(wanted), list(targets)))
+            wanted.append((row_of[key], list(targets)))
     per_layer = current_layout(model, masks)  # [n_samples, n_layers, d_ff]
     kept_cols = current_layout(model, union)  # [n_layers, d_ff]
     owner = torch.tensor(row_sample)

@@ -17,6 +17,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
+from config import ConfigError
+
 AGENT, BUFFER = "agent.zip", "replay_buffer.pkl"
 
 
@@ -109,10 +111,10 @@ def load_agent(path: Path, obs_dim: int, n_layers: int, device: str = "auto") ->
     try:
         agent = SAC.load(path, device=device)
     except Exception as exc:  # a truncated or foreign file fails in many ways inside SB3
-        raise ValueError(f"agent {path} is corrupt or unreadable ({type(exc).__name__})") from None
+        raise ConfigError(f"agent {path} is corrupt or unreadable ({type(exc).__name__})") from None
     got_obs, got_act = agent.observation_space.shape, agent.action_space.shape
     if got_obs != (obs_dim,) or got_act != (n_layers,):
-        raise ValueError(
+        raise ConfigError(
             f"agent {path} was trained for {got_act[0]} layers and {got_obs[0]}-dim observations; "
             f"this model has {n_layers} layers and the encoder gives {obs_dim} dims"
         )

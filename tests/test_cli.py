@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from main import main
+from tests.fixtures import N_LAYERS, make_tiny_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_project(tmp_path_factory.mktemp("tiny"))
+
+
+def runs(config: Path) -> list[Path]:
+    return sorted((config.parent / "runs").glob("*"))
+
+
+def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    """Exit code 2, one line naming the problem, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_help_lists_commands() -> None:
+    out = subprocess.run(
+        [sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("train", "eval", "importance", "score"):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "env.quality_weigth=0.3"], "did you mean 'quality_weight'"),
+        (["--set", "env.quality_weight=3"], "env.quality_weight"),
+        (["--set", "data.dataset=imagenet"], "data.dataset"),
+        (["--set", "model.llm=./no/such/model"], "does not exist"),
+        (["--set", "data.wikitext_path=/no/such/folder"], "is not a folder"),
+        (["uniform:0.5,0.2"], "not a number"),
+        (["0.1,0.2,0.3"], f"needs {N_LAYERS} fractions"),
+        (["uniform:1.5"], "use [0,1]"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    project: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    before = runs(project)
+    fails_cleanly(capsys, ["score", "--config", str(project), *extra], message)
+    assert runs(project) == before  # nothing written
+
+
+def test_missing_or_malformed_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fails_cleanly(capsys, ["score", "--config", str(tmp_path / "nope.yml")], "does not exist")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model: {llm: [\n")
+    fails_cleanly(capsys, ["score", "--config", str(bad)], "not valid YAML")
+
+
+def test_data_folder_without_files(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    fails_cleanly(
+        capsys,
+        ["score", "--config", str(project), "--set", f"data.wikitext_path={tmp_path}"],
+        "wiki.test.raw",
+    )
+
+
+def last_json(capsys: pytest.CaptureFixture) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_score_dense_and_uniform(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", "--config", str(project)]) == 0
+    dense = last_json(capsys)
+    assert dense["sparsity"] == 0 and dense["num_docs"] == 4 and dense["max_length"] == 16
+    assert main(["score", "--config", str(project), "uniform:0.5", "--limit", "2"]) == 0
+    half = last_json(capsys)
+    assert half["sparsity"] == pytest.approx(0.5) and half["num_docs"] == 2
+    assert half["word_perplexity"] != dense["word_perplexity"]
+
+
+def test_importance_writes_orderings(project: Path) -> None:
+    assert main(["importance", "--config", str(project)]) == 0
+    data = json.loads((project.parent / "stats" / "llm_mean_abs_activation.json").read_text())
+    assert len(data["orderings"]) == N_LAYERS and data["num_samples"] >= 1
+    assert sorted(data["orderings"][0]) == list(range(64))
+
+
+def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--config", str(project)]) == 0
+    run = sorted((project.parent / "runs").glob("train_*"))[-1]
+    assert (run / "agent_final.zip").is_file() and (run / "train.json").is_file()
+    assert json.loads((run / "train.json").read_text())["steps"] == 8
+    # resume continues the same run to a larger budget, keeping the step count
+    argv = ["train", "--config", str(project), "--resume", str(run)]
+    assert main([*argv, "--set", "train.total_steps=12"]) == 0
+    assert json.loads((run / "train.json").read_text())["steps"] == 12
+    capsys.readouterr()
+    fails_cleanly(capsys, [*argv, "--set", "env.quality_weight=0.9"], "env.quality_weight changed")
+    assert main(["eval", "--config", str(project), "--agent", str(run / "agent_final.zip")]) == 0
+    summary = last_json(capsys)
+    assert set(summary) >= {"policy", "dense", "uniform_mean", "uniform_item"}
+    assert summary["dense"]["sparsity"] == 0
+    eval_run = Path(summary["run"])
+    assert (eval_run / "profile.png").is_file() and (eval_run / "sparsity_vs_metric.png").is_file()
+    items = json.loads((eval_run / "eval.json").read_text())["items"]
+    assert len(items) == 4 and len(items[0]["fractions"]) == N_LAYERS
+
+
+def test_corrupt_or_mismatched_agent(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    broken = tmp_path / "agent.zip"
+    broken.write_bytes(b"not a zip")
+    fails_cleanly(capsys, ["eval", "--config", str(project), "--agent", str(broken)], "corrupt")
+    other = make_tiny_project(tmp_path / "other")
+    assert main(["train", "--config", str(other), "--set", "train.total_steps=4"]) == 0
+    agent = sorted((tmp_path / "other" / "runs").glob("train_*"))[-1] / "agent_final.zip"
+    capsys.readouterr()
+    # same agent, but this project's encoder now has a different width
+    fails_cleanly(
+        capsys,
+        ["eval", "--config", str(project), "--agent", str(agent), "--set", "data.embedding_cache=null",
+         "--set", f"model.encoder={project.parent / 'llm'}"],
+        "dims",
+    )  # fmt: skip
