@@ -84,11 +84,12 @@ def make_tiny_project(root: Path, **overrides: object) -> Path:
         )  # fmt: skip
     )
     config = {
-        "model": {"llm": str(llm_dir), "encoder": str(enc_dir), "device": "cpu", "dtype": "float32"},
+        "model": {"llm": str(llm_dir), "encoder": str(enc_dir), "device": "cpu"},
         "data": {"wikitext_path": str(data_dir), "embedding_cache": str(root / "cache")},
         "env": {"max_length": 16, "importance_file": str(importance), "batch_size": 4},
         "sac": {"learning_starts": 4, "batch_size": 8, "buffer_size": 256, "net_arch": [8]},
-        "train": {"total_steps": 8, "checkpoint_every": 4, "n_envs": 2, "runs_dir": str(root / "runs")},
+        "train": {"total_steps": 8, "checkpoint_every": 4, "n_envs": 2,
+                  "runs_dir": str(root / "runs")},
         "importance": {"num_samples": 4, "max_length": 16, "output_dir": str(root / "stats")},
     }  # fmt: skip
     for key, value in overrides.items():

@@ -129,9 +129,6 @@ def test_corrupt_or_mismatched_agent(
     agent = sorted((tmp_path / "other" / "runs").glob("train_*"))[-1] / "agent_final.zip"
     capsys.readouterr()
     # same agent, but this project's encoder now has a different width
-    fails_cleanly(
-        capsys,
-        ["eval", "--config", str(project), "--agent", str(agent), "--set", "data.embedding_cache=null",
-         "--set", f"model.encoder={project.parent / 'llm'}"],
-        "dims",
-    )  # fmt: skip
+    encoder = f"model.encoder={project.parent / 'llm'}"
+    argv = ["eval", "--config", str(project), "--agent", str(agent), "--set", encoder]
+    fails_cleanly(capsys, argv, "dims")
