@@ -6,6 +6,7 @@ import importlib.metadata
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,42 +82,51 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModels:
-    llm: torch.nn.Module  # causal LM, to be wrapped by PrunableLLM
-    tokenizer: object
-    encoder: torch.nn.Module
-    encoder_tokenizer: object
+    """The causal LM (to be wrapped by PrunableLLM) and its tokenizer; the sentence encoder and
+    its tokenizer load on first use, so runs whose embeddings are cached never load it."""
+
+    llm: torch.nn.Module
+    tokenizer: Any
     device: torch.device
     dtype: torch.dtype
     llm_source: ModelSource
-    encoder_source: ModelSource
+    encoder_spec: str  # the config string: also the embedding cache key
+    _encoder: tuple[torch.nn.Module, Any] | None = None
+
+    def _load_encoder(self) -> tuple[torch.nn.Module, Any]:
+        if self._encoder is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            src = resolve_source(self.encoder_spec)
+            kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+            tokenizer = AutoTokenizer.from_pretrained(src.location, **kwargs)
+            encoder = AutoModel.from_pretrained(src.location, **kwargs).to(self.device).eval()
+            self._encoder = (encoder, tokenizer)
+        return self._encoder
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self._load_encoder()[0]
+
+    @property
+    def encoder_tokenizer(self) -> Any:
+        return self._load_encoder()[1]
 
 
 def load_models(cfg: ModelConfig) -> LoadedModels:
-    """Load the causal LM, its tokenizer, the sentence encoder and its tokenizer, in eval mode."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    """Load the causal LM and its tokenizer in eval mode (the encoder follows on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    llm_src, enc_src = resolve_source(cfg.llm), resolve_source(cfg.encoder)
-    kwargs: dict[str, object] = {"gguf_file": llm_src.gguf_file} if llm_src.gguf_file else {}
+    llm_src = resolve_source(cfg.llm)
+    kwargs: dict[str, Any] = {"gguf_file": llm_src.gguf_file} if llm_src.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(llm_src.location, **kwargs)
     placement = {"device_map": "auto"} if cfg.device_map else {}
     llm = AutoModelForCausalLM.from_pretrained(llm_src.location, dtype=dtype, **kwargs, **placement)
     if not cfg.device_map:
         llm = llm.to(device)
-    enc_kwargs: dict[str, object] = {"gguf_file": enc_src.gguf_file} if enc_src.gguf_file else {}
-    encoder_tokenizer = AutoTokenizer.from_pretrained(enc_src.location, **enc_kwargs)
-    encoder = AutoModel.from_pretrained(enc_src.location, **enc_kwargs).to(device)
-    return LoadedModels(
-        llm=llm.eval(),
-        tokenizer=tokenizer,
-        encoder=encoder.eval(),
-        encoder_tokenizer=encoder_tokenizer,
-        device=device,
-        dtype=dtype,
-        llm_source=llm_src,
-        encoder_source=enc_src,
-    )
+    return LoadedModels(llm.eval(), tokenizer, device, dtype, llm_src, cfg.encoder)
 
 
 def model_shape(llm: torch.nn.Module) -> tuple[int, int]:

@@ -127,7 +127,7 @@ def observations(models: LoadedModels, data: DataConfig, texts: Sequence[str]) -
 
     if data.embedding_cache is None:
         return compute()
-    key = hashlib.sha256(f"{models.encoder_source}\n{ENCODER_MAX_TOKENS}\n".encode())
+    key = hashlib.sha256(f"{models.encoder_spec}\n{ENCODER_MAX_TOKENS}\n".encode())
     for text in texts:
         key.update(hashlib.sha256(text.encode()).digest())
     path = resolve_path(data.embedding_cache) / f"{key.hexdigest()[:24]}.npy"
