@@ -45,17 +45,21 @@ def wiki_page(title: str, n: int, seed: int) -> str:
     return f" = {title} = \n \n" + "".join(f" {line}\n" for line in lines) + " \n"
 
 
-def make_tiny_project(root: Path, **overrides: object) -> Path:
-    """Write everything under `root`; returns the config path."""
+def make_tiny_project(
+    root: Path, llm_cfg: LlamaConfig | None = None, pages: int = 4, **overrides: object
+) -> Path:
+    """Write everything under `root`; returns the config path. `llm_cfg` swaps in another
+    architecture (random weights) for benchmarks."""
     torch.manual_seed(0)
     llm_dir, enc_dir, data_dir = root / "llm", root / "encoder", root / "wiki"
     tok = save_tokenizer(llm_dir)
-    llm_cfg = LlamaConfig(
+    llm_cfg = llm_cfg or LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=D_FF, num_hidden_layers=N_LAYERS,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=3,
     )  # fmt: skip
     LlamaForCausalLM(llm_cfg).save_pretrained(llm_dir)
+    n_layers, d_ff = llm_cfg.num_hidden_layers, llm_cfg.intermediate_size
     save_tokenizer(enc_dir)
     enc_cfg = BertConfig(
         vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -64,10 +68,10 @@ def make_tiny_project(root: Path, **overrides: object) -> Path:
     BertModel(enc_cfg).save_pretrained(enc_dir)
     data_dir.mkdir()
     for split, seed in (("test", 0), ("valid", 10), ("train", 20)):
-        pages = "".join(wiki_page(f"Doc {i}", 30 + 25 * i, seed + i) for i in range(4))
-        (data_dir / f"wiki.{split}.raw").write_text(" \n" + pages)
+        text = "".join(wiki_page(f"Doc {i}", 30 + 25 * i, seed + i) for i in range(pages))
+        (data_dir / f"wiki.{split}.raw").write_text(" \n" + text)
     gen = torch.Generator().manual_seed(1)
-    orderings = [torch.randperm(D_FF, generator=gen).tolist() for _ in range(N_LAYERS)]
+    orderings = [torch.randperm(d_ff, generator=gen).tolist() for _ in range(n_layers)]
     importance = root / "importance.json"
     importance.write_text(
         json.dumps(
@@ -77,8 +81,8 @@ def make_tiny_project(root: Path, **overrides: object) -> Path:
                 "num_samples": 1,
                 "num_tokens": 1,
                 "date": "2026-01-01",
-                "n_layers": N_LAYERS,
-                "intermediate_size": D_FF,
+                "n_layers": n_layers,
+                "intermediate_size": d_ff,
                 "orderings": orderings,
             }
         )  # fmt: skip
@@ -92,8 +96,8 @@ def make_tiny_project(root: Path, **overrides: object) -> Path:
                   "runs_dir": str(root / "runs")},
         "importance": {"num_samples": 4, "max_length": 16, "output_dir": str(root / "stats")},
     }  # fmt: skip
-    for key, value in overrides.items():
-        section, _, leaf = key.partition(".")
+    for key, value in overrides.items():  # section__key=value
+        section, _, leaf = key.partition("__")
         config[section][leaf] = value
     path = root / "config.yml"
     path.write_text(yaml.safe_dump(config))

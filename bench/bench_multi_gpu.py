@@ -1,0 +1,91 @@
+"""Several GPUs: env steps/s with one worker process per GPU (1 vs N), and a model spread over
+GPUs with device_map that still prunes on every layer.
+
+Builds a random-weight project on disk (SmolLM2-135M's architecture by default), then runs
+`main.py train` with `train.devices=[0]` and `[0, 1, ...]`. Run: python3 bench/bench_multi_gpu.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pruning.prunable_llm import PrunableLLM  # noqa: E402
+from tests.fixtures import make_tiny_project  # noqa: E402
+
+ARCH = {  # SmolLM2-135M
+    "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+    "tie_word_embeddings": True, "max_position_embeddings": 2048,
+}  # fmt: skip
+
+
+def train_rate(config: Path, devices: list[int], steps: int, seq: int) -> dict:
+    overrides = [f"train.devices={devices}", f"train.total_steps={steps}", "model.device=cuda"]
+    overrides += [f"env.max_length={seq}", "model.dtype=bfloat16", "sac.learning_starts=64"]
+    cmd = [sys.executable, "main.py", "train", "--config", str(config)]
+    for o in overrides:
+        cmd += ["--set", o]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    run = sorted((config.parent / "runs").glob("train_*"))[-1]
+    info = json.loads((run / "train.json").read_text())
+    return {"gpus": len(devices), "steps": info["steps"], "learn_s": info["seconds"],
+            "steps_per_s": info["steps"] / info["seconds"], "wall_s": round(wall, 1)}  # fmt: skip
+
+
+def spread_check(llm_dir: Path) -> dict:
+    """device_map=auto with a memory cap per GPU: layers land on several GPUs; prune them all."""
+    n = torch.cuda.device_count()
+    cap = {i: "200MiB" for i in range(n - 1)} | {n - 1: "20GiB"}
+    model = AutoModelForCausalLM.from_pretrained(
+        llm_dir, dtype=torch.bfloat16, device_map="auto", max_memory=cap
+    )
+    llm = PrunableLLM(model)
+    devices = sorted({str(d.mlp.gate_proj.weight.device) for d in model.model.layers})
+    ids = torch.randint(0, 100, (1, 64), device=model.get_input_embeddings().weight.device)
+    width = llm.intermediate_size
+    with torch.inference_mode(), llm.pruned(lambda _layer: torch.arange(width) % 2 == 0):
+        out = model(ids).logits
+        pruned_widths = {d.mlp.gate_proj.weight.shape[0] for d in model.model.layers}
+        sparsity = llm.sparsity
+    return {"layer_devices": devices, "sparsity": sparsity, "pruned_widths": sorted(pruned_widths),
+            "finite": bool(torch.isfinite(out).all()), "restored": not llm.is_pruned}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    n = torch.cuda.device_count()
+    root = Path(tempfile.mkdtemp())
+    cfg = LlamaConfig(**ARCH, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = make_tiny_project(root, cfg, pages=40, train__n_envs=1, sac__batch_size=64)
+    rows = [train_rate(config, list(range(k)), args.steps, args.seq_len) for k in (1, n)]
+    result = {"gpu": torch.cuda.get_device_name(0), "n_gpus": n, "train": rows,
+              "device_map": spread_check(root / "llm")}  # fmt: skip
+    print(json.dumps(result, indent=1))
+    print("\n| GPUs | env steps | learn s | steps/s |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['gpus']} | {r['steps']} | {r['learn_s']} | {r['steps_per_s']:.1f} |")
+    print(f"scaling {rows[-1]['steps_per_s'] / rows[0]['steps_per_s']:.2f}x on {n} GPUs")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Time one environment step by part, the SAC update, and batched vs sequential env stepping.
+
+Random-weight models built from the architecture alone (no model files needed):
+
+    python bench/bench_step.py --arch all --out step.json                      # GPU, < 5 min
+    OMP_NUM_THREADS=1 python bench/bench_step.py --arch smollm2-135m --seq-len 128 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+
+import common as cm  # noqa: E402
+from stable_baselines3 import SAC  # noqa: E402
+from stable_baselines3.common.logger import configure  # noqa: E402
+
+from pruning.create_pruning_mask import PruningMaskGenerator  # noqa: E402
+from pruning.prunable_llm import PrunableLLM  # noqa: E402
+from rl.env import LLMPruningEnv, action_to_fractions  # noqa: E402
+from rl.mask_adapter import FractionMaskAdapter  # noqa: E402
+from rl.reward import RewardFn, make_reward  # noqa: E402
+from rl.tasks import PerplexityScorer  # noqa: E402
+from rl.vec_env import BatchedPruningVecEnv  # noqa: E402
+from rl.windows import model_input  # noqa: E402
+
+OBS_DIM = 768  # sentence-embedding width of the real encoder
+BUFFER_FILL = 1000  # random transitions in the replay buffer before timing SAC updates
+# config.SACConfig / EnvConfig defaults, copied: the GPU host may lack pydantic's dependencies
+SAC_KWARGS = dict(buffer_size=100_000, learning_starts=100, batch_size=256, gamma=0.0)
+NET_ARCH = [256, 256]
+QUALITY_WEIGHT = 0.5
+PARTS = ("observation", "mask", "prune", "metric_forward", "undo", "reward")
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: int  # untimed env steps before the profile
+    reps: int  # timed env steps (and forwards) per median
+    sac_reps: int
+    vec_reps: int  # timed vec steps per n_envs
+    matmul_size: int
+    n_items: int  # items of the step profile
+
+
+def make_plan(quick: bool, device: torch.device) -> Plan:
+    size = 8192 if device.type == "cuda" else (1024 if quick else 2048)
+    if quick:
+        return Plan(warmup=1, reps=3, sac_reps=5, vec_reps=2, matmul_size=size, n_items=2)
+    return Plan(warmup=3, reps=10, sac_reps=20, vec_reps=10, matmul_size=size, n_items=8)
+
+
+@dataclass
+class Bench:
+    """One reordered model and what every section shares."""
+
+    llm: PrunableLLM
+    adapter: FractionMaskAdapter
+    reward_fn: RewardFn
+    device: torch.device
+    rng: np.random.Generator
+    gen: torch.Generator
+
+
+@dataclass
+class Task:
+    env: LLMPruningEnv
+    scorer: PerplexityScorer
+    embeddings: np.ndarray  # [n_items, OBS_DIM]
+    rows: torch.Tensor  # [n_items, seq_len] token row the model reads, on the device
+
+
+def make_task(b: Bench, n_items: int, seq_len: int) -> Task:
+    """Items of exactly `seq_len` random tokens: one window, one forward of seq_len tokens."""
+    cfg = b.llm.config
+    tokens = torch.randint(cfg.vocab_size, (n_items, seq_len), generator=b.gen).tolist()
+    prefix = cfg.bos_token_id if cfg.bos_token_id is not None else 0
+    scorer = PerplexityScorer(b.llm, tokens, [seq_len] * n_items, prefix, seq_len)
+    rows = [model_input(*scorer.requests(i)[0], seq_len) for i in range(n_items)]
+    emb = b.rng.standard_normal((n_items, OBS_DIM)).astype(np.float32)
+    env = LLMPruningEnv(b.llm, scorer, emb, b.adapter, b.reward_fn)
+    return Task(env, scorer, emb, torch.tensor(rows, device=b.device))
+
+
+def random_actions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Actions whose pruning fractions are uniform in 0.3 +- 0.1; float32 [..., n_layers]."""
+    fractions = np.clip(rng.uniform(0.2, 0.4, shape), 0.0, 1.0)
+    return (2.0 * fractions - 1.0).astype(np.float32)
+
+
+def guarded(name: str, fn: Callable[[], Any], ctx: Bench | torch.device) -> Any:
+    """`common.guarded`, also unpruning the model after a failure inside a pruned section."""
+    if isinstance(ctx, Bench):
+        return cm.guarded(name, fn, ctx.device, ctx.llm.undo_prune)
+    return cm.guarded(name, fn, ctx)
+
+
+def _profile_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
+    """One step by parts (as LLMPruningEnv.step does them), the bare forward, the whole step."""
+    llm, dev, env = b.llm, b.device, task.env
+    action, t = random_actions(b.rng, (llm.n_layers,)), {}
+    _, t["observation"] = cm.timed(lambda: env.reset(options={"index": idx}), dev)
+    mask_fn, t["mask"] = cm.timed(lambda: b.adapter(action_to_fractions(action)), dev)
+    _, t["prune"] = cm.timed(lambda: llm.prune(mask_fn), dev)
+    try:
+        metric, t["metric_forward"] = cm.timed(lambda: task.scorer.score(idx), dev)
+        sparsity, kept = llm.sparsity, llm.keep_counts()
+        _, t["bare_forward"] = cm.timed(lambda: cm.bare_forward(llm, task.rows[idx : idx + 1]), dev)
+    finally:
+        _, t["undo"] = cm.timed(llm.undo_prune, dev)
+    dense = env.dense_metric(idx)
+    _, t["reward"] = cm.timed(lambda: b.reward_fn(metric, dense, sparsity), dev)
+    env.reset(options={"index": idx})
+    _, t["step"] = cm.timed(lambda: env.step(action), dev)
+    t["parts_sum"] = sum(t[p] for p in PARTS)
+    t["flops"] = cm.forward_flops(llm.config, task.rows.shape[1], 1, kept)
+    t["sparsity"] = sparsity
+    return t
+
+
+def profile_step(b: Bench, plan: Plan, seq_len: int, peak_tflops: float | None) -> dict:
+    task = make_task(b, plan.n_items, seq_len)
+    task.env.precompute_dense()  # the dense metric is cached per item in training too
+    cm.reset_peak(b.device)
+    reps = [_profile_rep(b, task, i % plan.n_items) for i in range(plan.warmup + plan.reps)]
+    reps = reps[plan.warmup :]
+    ms = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k != "flops"}
+    tflops = statistics.median(r["flops"] / r["bare_forward"] / 1e9 for r in reps)
+    step_tflops = statistics.median(r["flops"] / r["step"] / 1e9 for r in reps)
+    return {
+        "seq_len": seq_len,
+        "reps": plan.reps,
+        "sparsity": ms.pop("sparsity"),
+        "ms": ms,
+        "step_over_bare": ms["step"] / ms["bare_forward"],
+        "prune_undo_pct_of_step": 100 * (ms["prune"] + ms["undo"]) / ms["step"],
+        "max_memory_gb": cm.gpu_memory_gb(b.device),
+        "forward_tflops": tflops,
+        "forward_mfu": None if peak_tflops is None else tflops / peak_tflops,
+        "step_mfu": None if peak_tflops is None else step_tflops / peak_tflops,
+    }
+
+
+def dense_forward(b: Bench, seq_len: int, reps: int, peak_tflops: float | None) -> dict:
+    ids = torch.randint(b.llm.config.vocab_size, (1, seq_len), generator=b.gen).to(b.device)
+    ms = cm.median_ms(lambda: cm.bare_forward(b.llm, ids), b.device, reps, warmup=2)
+    kept = [b.llm.intermediate_size] * b.llm.n_layers
+    tflops = cm.forward_flops(b.llm.config, seq_len, 1, kept) / ms / 1e9
+    mfu = None if peak_tflops is None else tflops / peak_tflops
+    return {"seq_len": seq_len, "ms": ms, "tflops": tflops, "mfu": mfu}
+
+
+def sac_update(b: Bench, reps: int) -> dict:
+    """One SAC gradient step (train() of a real agent, config defaults) on a prefilled buffer."""
+    env = make_task(b, 1, 8).env  # only its spaces are used
+    kwargs = {"net_arch": NET_ARCH}
+    agent = SAC("MlpPolicy", env, policy_kwargs=kwargs, seed=0, device="auto", **SAC_KWARGS)
+    agent.set_logger(configure(None, []))  # train() logs; learn() would set this up
+    n_act = b.llm.n_layers
+    for _ in range(BUFFER_FILL):
+        obs = b.rng.standard_normal((2, 1, OBS_DIM)).astype(np.float32)
+        act = b.rng.uniform(-1, 1, (1, n_act)).astype(np.float32)
+        agent.replay_buffer.add(obs[0], obs[1], act, b.rng.uniform(-1, 1, 1), np.ones(1), [{}])
+    train = lambda: agent.train(gradient_steps=1, batch_size=agent.batch_size)  # noqa: E731
+    ms = cm.median_ms(train, agent.device, reps, warmup=3)
+    return {"ms": ms, "device": str(agent.device), "batch_size": agent.batch_size,
+            "net_arch": NET_ARCH, "obs_dim": OBS_DIM, "action_dim": n_act}  # fmt: skip
+
+
+def _sequential_step(env: LLMPruningEnv, idx: int, action: np.ndarray) -> float:
+    env.reset(options={"index": idx})
+    return env.step(action)[1]
+
+
+def compare_paths(b: Bench, task: Task, n_envs: int, reps: int, sac_ms: float | None) -> dict:
+    """Batched vec steps, then the same (item, action) pairs one by one on the sequential env."""
+    n_layers, dev = b.llm.n_layers, b.device
+    vec = BatchedPruningVecEnv(b.llm, task.scorer, task.embeddings, b.adapter, b.reward_fn, n_envs)
+    vec.seed(0)
+    vec.reset()
+    cm.reset_peak(dev)
+    for i in range(len(task.scorer)):
+        vec.dense_metric(i)  # cached, as in training
+    vec.step(random_actions(b.rng, (n_envs, n_layers)))  # warm-up
+    pairs, vec_ms = [], []
+    for _ in range(reps):
+        acts = random_actions(b.rng, (n_envs, n_layers))  # [n_envs, n_layers]
+        (_, rewards, _, infos), ms = cm.timed(lambda a=acts: vec.step(a), dev)
+        vec_ms.append(ms)
+        pairs += [(info["index"], a, float(r)) for info, a, r in zip(infos, acts, rewards)]
+    _sequential_step(task.env, *pairs[0][:2])  # warm-up
+    seq_ms, diffs = [], []
+    for idx, action, reward in pairs:
+        seq_reward, ms = cm.timed(lambda i=idx, a=action: _sequential_step(task.env, i, a), dev)
+        seq_ms.append(ms)
+        diffs.append(abs(seq_reward - reward))
+    vec_s, seq_s = statistics.median(vec_ms) / 1e3, statistics.median(seq_ms) / 1e3
+    upd = None if sac_ms is None else sac_ms / 1e3
+    with_upd = (
+        (None, None) if upd is None else (n_envs / (vec_s + upd), n_envs / (n_envs * seq_s + upd))
+    )
+    return {
+        "n_envs": n_envs, "seq_len": task.rows.shape[1], "transitions": len(pairs),
+        "vec_step_ms": vec_s * 1e3, "seq_step_ms": seq_s * 1e3,
+        "batched_steps_per_s": n_envs / vec_s, "seq_steps_per_s": 1 / seq_s,
+        "speedup": seq_s * n_envs / vec_s,
+        "batched_steps_per_s_with_update": with_upd[0], "seq_steps_per_s_with_update": with_upd[1],
+        "speedup_with_update": None if upd is None else with_upd[0] / with_upd[1],
+        "reward_max_abs_diff": max(diffs), "max_memory_gb": cm.gpu_memory_gb(dev),
+    }  # fmt: skip
+
+
+def batched_vs_sequential(
+    b: Bench, plan: Plan, seq_len: int, n_envs_list: list[int], sac_ms: float | None
+) -> list[dict]:
+    task = make_task(b, 2 * max(n_envs_list), seq_len)
+    task.env.precompute_dense()
+    run = lambda n: compare_paths(b, task, n, plan.vec_reps, sac_ms)  # noqa: E731
+    return [guarded(f"n_envs={n}", lambda n=n: run(n), b) for n in n_envs_list]
+
+
+def run_arch(arch: str, args: argparse.Namespace, plan: Plan) -> dict:
+    dev = torch.device(args.device)
+    dtype = cm.arch_dtype(dev)
+    result: dict[str, Any] = {"arch": arch, "dtype": str(dtype).removeprefix("torch.")}
+    rate = guarded("matmul", lambda: asdict(cm.matmul_rate(dev, dtype, plan.matmul_size, 10)), dev)
+    peak = result.setdefault("matmul", rate).get("tflops")
+    model = guarded("build", lambda: cm.build_model(arch, dev, dtype), dev)
+    if isinstance(model, dict):
+        return result | {"build": model}
+    orderings = cm.random_orderings(model.config.num_hidden_layers, model.config.intermediate_size)
+    llm = PrunableLLM(model, orderings=orderings)  # top-k masks are prefixes: pruning is views
+    adapter = FractionMaskAdapter(PruningMaskGenerator(orderings, align=8))
+    reward_fn, gen = make_reward("perplexity", QUALITY_WEIGHT), torch.Generator().manual_seed(0)
+    b = Bench(llm, adapter, reward_fn, dev, np.random.default_rng(0), gen)
+    seq_lens = dict.fromkeys((args.seq_len, args.batch_seq_len))  # profiled and batched lengths
+    print(f"{arch}: built, profiling", file=sys.stderr, flush=True)
+    result["step_profile"] = guarded(
+        "profile", lambda: profile_step(b, plan, args.seq_len, peak), b
+    )
+    dense = [(f"dense {t}", lambda t=t: dense_forward(b, t, plan.reps, peak)) for t in seq_lens]
+    result["dense_forward"] = [guarded(name, fn, b) for name, fn in dense]
+    result["sac_update"] = sac = guarded("sac", lambda: sac_update(b, plan.sac_reps), b)
+    print(f"{arch}: batched vs sequential", file=sys.stderr, flush=True)
+    n_envs, sac_ms = args.n_envs, sac.get("ms")
+    batched = lambda: batched_vs_sequential(b, plan, args.batch_seq_len, n_envs, sac_ms)  # noqa: E731
+    result["batched"] = guarded("batched", batched, b)
+    return result
+
+
+MATMUL_COLS = [("matmul dtype", "dtype", ""), ("size", "size", ""), ("ms", "ms", ".3f")]
+MATMUL_COLS += [("TFLOP/s", "tflops", ".4g")]
+PART_COLS = [("part", "part", ""), ("ms", "ms", ".3f"), ("% of env.step()", "pct", ".2f")]
+SUMMARY_COLS = [
+    ("step / bare fwd (<=1.10)", "step_over_bare", ".3f"),
+    ("prune+undo % of step (<1)", "prune_undo_pct_of_step", ".3f"),
+    ("max mem GB", "max_memory_gb", ".2f"), ("fwd TFLOP/s", "forward_tflops", ".4g"),
+    ("fwd MFU", "forward_mfu", ".3f"), ("step MFU", "step_mfu", ".3f"),
+    ("sparsity", "sparsity", ".3f"),
+]  # fmt: skip
+DENSE_COLS = [("dense fwd seq_len", "seq_len", ""), ("ms", "ms", ".2f")]
+DENSE_COLS += [("TFLOP/s", "tflops", ".4g"), ("MFU", "mfu", ".3f")]
+BATCH_COLS = [
+    ("n_envs", "n_envs", ""), ("seq steps/s", "seq_steps_per_s", ".1f"),
+    ("batched steps/s", "batched_steps_per_s", ".1f"), ("speedup (>=3)", "speedup", ".2f"),
+    ("seq+upd steps/s", "seq_steps_per_s_with_update", ".1f"),
+    ("batched+upd steps/s", "batched_steps_per_s_with_update", ".1f"),
+    ("speedup w/ upd", "speedup_with_update", ".2f"),
+    ("reward max abs diff", "reward_max_abs_diff", ".1e"), ("pairs", "transitions", ""),
+    ("max mem GB", "max_memory_gb", ".2f"),
+]  # fmt: skip
+
+
+def part_rows(prof: dict, sac: dict) -> list[dict]:
+    ms = prof["ms"]
+    names = [*PARTS, "parts_sum", "step", "bare_forward"]
+    rows = [{"part": n, "ms": ms[n], "pct": 100 * ms[n] / ms["step"]} for n in names]
+    return rows + [{"part": "sac_update (1 gradient step)", "ms": sac.get("ms")}]
+
+
+def print_tables(r: dict, device: str) -> None:
+    out = [f"## {r['arch']} ({r['dtype']}) on {device}, random weights"]
+    out.append(cm.dict_table([r["matmul"]], MATMUL_COLS))
+    if "build" in r:
+        print("\n\n".join([*out, f"build: {r['build']['error']}"]), flush=True)
+        return
+    prof = r["step_profile"]
+    if "error" not in prof:
+        out.append(f"Step profile: 1 item of {prof['seq_len']} tokens, median of {prof['reps']}")
+        out.append(cm.dict_table(part_rows(prof, r["sac_update"]), PART_COLS))
+    out += [cm.dict_table([prof], SUMMARY_COLS), cm.dict_table(r["dense_forward"], DENSE_COLS)]
+    batched = r["batched"] if isinstance(r["batched"], list) else [r["batched"]]
+    out.append("Batched vs sequential (+upd: 1 SAC gradient step per vec step)")
+    out.append(cm.dict_table(batched, BATCH_COLS))
+    print("\n\n".join(out), flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=[*cm.ARCHS, "all"], default="all")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seq-len", type=int, default=2048, help="tokens of the profiled step")
+    parser.add_argument("--batch-seq-len", type=int, default=None, help="512; --quick: 64")
+    parser.add_argument("--n-envs", type=int, nargs="+", default=None, help="4 8 16; quick: 2 4")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes")
+    parser.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
+    args = parser.parse_args(argv)
+    args.batch_seq_len = args.batch_seq_len or (64 if args.quick else 512)
+    args.n_envs = args.n_envs or ([2, 4] if args.quick else [4, 8, 16])
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    plan = make_plan(args.quick, dev)
+    cpu = f"cpu x{torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu
+    archs = ["llama-3.1-8b", "smollm2-135m"] if args.arch == "all" else [args.arch]
+    meta = {k: v for k, v in vars(args).items() if k != "out"}
+    meta |= {"device_name": name, "torch": torch.__version__, "plan": asdict(plan)}
+    meta |= {"flops": cm.FLOPS_FORMULA, "peak": "measured matmul TFLOP/s in the model dtype"}
+    results: dict[str, Any] = {"meta": meta, "archs": {}}
+    for arch in archs:
+        if arch == "llama-3.1-8b" and dev.type == "cpu":
+            print("skipping llama-3.1-8b: it needs a GPU", file=sys.stderr)
+            results["archs"][arch] = {"skipped": "needs a GPU"}
+        else:
+            results["archs"][arch] = run_arch(arch, args, plan)
+            cm.free_memory(dev)  # the arch's model is unreachable now
+            print_tables(results["archs"][arch], name)
+        if args.out is not None:  # after each arch, so a cut-short run keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Reversible, zero-copy pruning of the MLP neurons of a LLaMA-layout causal LM.
+
+Pruning never moves or modifies the original weights: each MLP Linear gets a new Parameter made
+of the kept neurons, and undo re-assigns the original Parameter objects (exact by construction).
+After `reorder()` sorts each layer's neurons by importance, a mask that keeps the top-k neurons
+is a leading prefix, so the pruned weights are plain views (`W_gate[:k]`, `W_down[:, :k]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+MaskFn = Callable[[int], torch.Tensor]  # layer index -> bool [d_ff], True = keep, original indices
+
+
+@dataclass(frozen=True, slots=True)
+class Dims:
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+
+
+class LayerUndoEntry(NamedTuple):  # a NamedTuple: 3x cheaper to build than a frozen dataclass
+    """One pruned layer: the original Parameters stay where they were (same device, same memory)."""
+
+    layer: int
+    n_kept: int
+    is_view: bool  # True: pruned weights alias the originals; False: gathered copies
+    gate: nn.Parameter  # [d_ff, hidden]
+    up: nn.Parameter  # [d_ff, hidden]
+    down: nn.Parameter  # [hidden, d_ff]
+
+
+@dataclass(frozen=True, slots=True)
+class UndoPack:
+    """Everything `undo_prune` needs; layers that kept all neurons are untouched and not listed."""
+
+    dims: Dims
+    entries: tuple[LayerUndoEntry, ...]
+    n_pruned: int  # neurons removed over all layers
+    storage: str  # recorded for compatibility only: nothing is ever copied out
+    cast_dtype: torch.dtype | None
+
+
+def _find_mlps(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, nn.Linear]]:
+    try:
+        layers = model.model.layers
+    except AttributeError as err:
+        raise ValueError("expected a LLaMA-layout model with model.model.layers") from err
+    mlps = []
+    for i, layer in enumerate(layers):
+        lins = (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+        if any(not isinstance(lin, nn.Linear) or lin.bias is not None for lin in lins):
+            raise ValueError(f"layer {i}: MLP projections must be nn.Linear without bias")
+        mlps.append(lins)
+    return mlps
+
+
+def _read_dims(mlps: list[tuple[nn.Linear, nn.Linear, nn.Linear]]) -> Dims:
+    hidden, d_ff = mlps[0][0].in_features, mlps[0][0].out_features
+    for i, (gate, up, down) in enumerate(mlps):
+        shapes = (tuple(gate.weight.shape), tuple(up.weight.shape), tuple(down.weight.shape))
+        if shapes != ((d_ff, hidden), (d_ff, hidden), (hidden, d_ff)):
+            raise ValueError(f"layer {i}: MLP weight shapes {shapes} differ from layer 0")
+    return Dims(n_layers=len(mlps), hidden_size=hidden, intermediate_size=d_ff)
+
+
+def _check_orderings(orderings: torch.Tensor, dims: Dims) -> None:
+    expected = (dims.n_layers, dims.intermediate_size)
+    if tuple(orderings.shape) != expected:
+        raise ValueError(f"orderings must have shape {expected}, got {tuple(orderings.shape)}")
+    arange = torch.arange(dims.intermediate_size)
+    bad = (orderings.sort(dim=1).values != arange).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(f"layer {int(bad[0])}: ordering is not a permutation of 0..d_ff-1")
+
+
+def _kept_weights(
+    gate: nn.Parameter, up: nn.Parameter, down: nn.Parameter, k: int, idx: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gate/up rows and down columns of the kept neurons: views of a prefix, else gathered.
+
+    Plain tensors, not Parameters: wrapping 3 per layer would cost ~40% of the prune (H100 host).
+    """
+    if idx is None:
+        return gate[:k], up[:k], down[:, :k]
+    return gate.index_select(0, idx), up.index_select(0, idx), down.index_select(1, idx)
+
+
+def _set_weight(lin: nn.Linear, weight: torch.Tensor) -> None:
+    # Writing the dict directly skips Module.__setattr__'s checks, and allows a plain tensor.
+    lin._parameters["weight"] = weight
+
+
+class PrunableLLM:
+    """Wraps a LLaMA-layout HF model; forwards attributes, calls and `generate` to it.
+
+    `prune(mask_fn)` removes, in every layer at once, the gate/up rows and down columns of the
+    neurons whose mask entry is False; `undo_prune()` restores the original Parameters.
+    """
+
+    def __init__(self, model: nn.Module, orderings: torch.Tensor | None = None) -> None:
+        self._model = model
+        self._mlps = _find_mlps(model)
+        self.dims = _read_dims(self._mlps)
+        d_ff = self.dims.intermediate_size
+        self._order: torch.Tensor | None = None  # [n_layers, d_ff] original id at each position
+        self._ranks = torch.arange(d_ff).expand(self.dims.n_layers, d_ff)  # position of neuron j
+        self._undo: UndoPack | None = None
+        self._verified_order: torch.Tensor | None = None  # a caller's tensor equal to _order
+        if orderings is not None:
+            self.reorder(orderings)
+
+    # ---- behave like the wrapped model -------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name == "_model":  # not yet set (copy/unpickle): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.forward(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.generate(*args, **kwargs)
+
+    @property
+    def config(self) -> Any:
+        return self._model.config
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self._model
+
+    def __repr__(self) -> str:
+        return f"PrunableLLM({type(self._model).__name__}, sparsity={self.sparsity:.3f})"
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.dims.n_layers
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.dims.intermediate_size
+
+    @property
+    def is_pruned(self) -> bool:
+        return self._undo is not None
+
+    @property
+    def undo_pack(self) -> UndoPack | None:
+        return self._undo
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all MLP neurons currently pruned (0.0 when unpruned)."""
+        if self._undo is None:
+            return 0.0
+        return self._undo.n_pruned / (self.dims.n_layers * self.dims.intermediate_size)
+
+    def keep_counts(self) -> list[int]:
+        """Neurons currently kept per layer."""
+        counts = [self.dims.intermediate_size] * self.dims.n_layers
+        for entry in self._undo.entries if self._undo else ():
+            counts[entry.layer] = entry.n_kept
+        return counts
+
+    @property
+    def permutation(self) -> torch.Tensor | None:
+        """[n_layers, d_ff] original neuron index stored at each position, None if not reordered."""
+        return None if self._order is None else self._order.clone()
+
+    # ---- neuron order --------------------------------------------------------------------------
+    def reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
+        """Permute neurons in place so position i of layer l holds original neuron orderings[l][i].
+
+        gate/up rows and down columns get the same permutation, so the function is unchanged.
+        Orderings are always in original indices, also when the model is already reordered.
+        """
+        if self._undo is not None:
+            raise ValueError("cannot reorder a pruned model; call undo_prune() first")
+        if not isinstance(orderings, torch.Tensor):
+            orderings = torch.stack([torch.as_tensor(o) for o in orderings])
+        order = orderings.to(device="cpu", dtype=torch.long, copy=True)
+        _check_orderings(order, self.dims)
+        relative = torch.gather(self._ranks, 1, order)  # [n_layers, d_ff] current pos to take
+        self._permute_in_place(relative)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+        self._ranks = ranks
+        self._order = order
+        self._verified_order = None
+
+    def restore_order(self) -> None:
+        """Undo `reorder`: parameters become bit-identical to the original layout."""
+        if self._order is None:
+            return
+        self.reorder(torch.arange(self.dims.intermediate_size).expand(self.dims.n_layers, -1))
+        self._order = None
+
+    @torch.no_grad()
+    def _permute_in_place(self, relative: torch.Tensor) -> None:
+        identity = (relative == torch.arange(relative.shape[1])).all(dim=1).tolist()
+        for (gate, up, down), perm, skip in zip(self._mlps, relative, identity):
+            if skip:
+                continue
+            idx = perm.to(gate.weight.device)
+            gate.weight.copy_(gate.weight.index_select(0, idx))
+            up.weight.copy_(up.weight.index_select(0, idx))
+            down.weight.copy_(down.weight.index_select(1, idx))
+
+    # ---- pruning -------------------------------------------------------------------------------
+    def prune(
+        self,
+        mask_fn: MaskFn,
+        storage: Literal["cpu", "gpu"] = "gpu",
+        cast_dtype: torch.dtype | None = None,
+    ) -> UndoPack:
+        """Prune all layers at once; `mask_fn(layer)` gives a bool [d_ff] keep-mask (original ids).
+
+        While pruned, the MLP weights are plain tensors (views of a prefix, else gathered copies),
+        not Parameters; don't train, move or cast the model until `undo_prune()`.
+        `storage` and `cast_dtype` are accepted for compatibility with the copy-out design, where
+        they chose where/in which dtype the removed slices were kept; here nothing is copied out,
+        so they are only validated and recorded. All masks are validated before any layer changes.
+        """
+        if self._undo is not None:
+            pruned = [e.layer for e in self._undo.entries]
+            raise ValueError(f"already pruned (layers {pruned}); call undo_prune() first")
+        if storage not in ("cpu", "gpu"):
+            raise ValueError(f"storage must be 'cpu' or 'gpu', got {storage!r}")
+        n_kept, gather_idx = self._plan(mask_fn)
+        d_ff = self.dims.intermediate_size
+        entries, weights = [], []
+        with torch.no_grad():
+            for layer, (k, (gate, up, down)) in enumerate(zip(n_kept, self._mlps)):
+                if k == d_ff:
+                    continue
+                idx = gather_idx.get(layer)
+                # _parameters: Module.__getattr__ costs as much as the rest of this loop
+                originals = (
+                    gate._parameters["weight"],
+                    up._parameters["weight"],
+                    down._parameters["weight"],
+                )
+                entries.append(LayerUndoEntry(layer, k, idx is None, *originals))
+                weights.append(_kept_weights(*originals, k, idx))
+        for entry, new in zip(entries, weights):  # nothing can fail from here on
+            for lin, weight in zip(self._mlps[entry.layer], new):
+                _set_weight(lin, weight)
+        self._undo = UndoPack(
+            dims=self.dims,
+            entries=tuple(entries),
+            n_pruned=self.dims.n_layers * d_ff - sum(n_kept),
+            storage=storage,
+            cast_dtype=cast_dtype,
+        )
+        return self._undo
+
+    def undo_prune(self, device: torch.device | str | None = None) -> None:
+        """Re-assign the original Parameters (bit-identical, same objects); no-op if unpruned.
+
+        `device` is accepted for compatibility: the originals never left their device.
+        """
+        if self._undo is None:
+            return
+        for entry in self._undo.entries:
+            gate, up, down = self._mlps[entry.layer]
+            _set_weight(gate, entry.gate)
+            _set_weight(up, entry.up)
+            _set_weight(down, entry.down)
+        self._undo = None
+        del device  # see docstring
+
+    @contextlib.contextmanager
+    def pruned(
+        self,
+        mask_fn: MaskFn,
+        storage: Literal["cpu", "gpu"] = "gpu",
+        cast_dtype: torch.dtype | None = None,
+    ) -> Iterator[PrunableLLM]:
+        """`with llm.pruned(mask_fn): ...` prunes for the body and always undoes afterwards."""
+        self.prune(mask_fn, storage=storage, cast_dtype=cast_dtype)
+        try:
+            yield self
+        finally:
+            self.undo_prune()
+
+    def _plan(self, mask_fn: MaskFn) -> tuple[list[int], dict[int, torch.Tensor]]:
+        """Kept count per layer, and kept positions (on device) of layers that are no prefix."""
+        top_k = self._top_k(mask_fn)
+        if top_k is not None:
+            return top_k, {}
+        masks = self._collect_masks(mask_fn)  # [n_layers, d_ff] bool, CPU
+        n_kept_t = masks.sum(dim=1)  # [n_layers]
+        is_prefix = ((self._ranks < n_kept_t[:, None]) == masks).all(dim=1)
+        n_kept = n_kept_t.tolist()
+        return n_kept, self._gather_indices(masks, n_kept, is_prefix.tolist())
+
+    def _top_k(self, mask_fn: MaskFn) -> list[int] | None:
+        """Counts of a mask_fn that keeps each layer's top `top_k[l]` neurons of `orderings`.
+
+        When those orderings are this model's neuron order every mask is a prefix, so no mask is
+        built or checked (a per-layer loop over d_ff-long tensors costs more than the prune).
+        """
+        orderings, top_k = getattr(mask_fn, "orderings", None), getattr(mask_fn, "top_k", None)
+        if not isinstance(orderings, torch.Tensor) or top_k is None or self._order is None:
+            return None
+        if orderings is not self._verified_order:
+            if not torch.equal(orderings, self._order):
+                return None
+            self._verified_order = orderings  # mask generators keep theirs fixed: check once
+        d_ff, counts = self.dims.intermediate_size, [int(k) for k in top_k]
+        if len(counts) != self.dims.n_layers:
+            raise ValueError(f"expected {self.dims.n_layers} top-k counts, got {len(counts)}")
+        for layer, k in enumerate(counts):
+            if not 0 <= k <= d_ff:
+                raise ValueError(f"layer {layer}: top-k count {k} outside [0, {d_ff}]")
+        return counts
+
+    def _collect_masks(self, mask_fn: MaskFn) -> torch.Tensor:
+        d_ff = self.dims.intermediate_size
+        masks = []
+        for layer in range(self.dims.n_layers):
+            mask = mask_fn(layer)
+            if not isinstance(mask, torch.Tensor):
+                raise ValueError(f"layer {layer}: mask must be a torch.Tensor, got {type(mask)}")
+            if mask.dtype != torch.bool:
+                raise ValueError(f"layer {layer}: mask dtype must be torch.bool, got {mask.dtype}")
+            if tuple(mask.shape) != (d_ff,):
+                raise ValueError(
+                    f"layer {layer}: mask length must be {d_ff}, got shape {tuple(mask.shape)}"
+                )
+            masks.append(mask.cpu())
+        return torch.stack(masks)
+
+    def _gather_indices(
+        self, masks: torch.Tensor, n_kept: list[int], prefix: list[bool]
+    ) -> dict[int, torch.Tensor]:
+        """Kept positions (current layout) of non-prefix layers, moved once per device."""
+        layers = [i for i, p in enumerate(prefix) if not p]
+        if not layers:
+            return {}
+        flat = torch.cat([self._ranks[i][masks[i]].sort().values for i in layers])
+        splits = [n_kept[i] for i in layers]
+        per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        result = {}
+        for j, layer in enumerate(layers):
+            dev = self._mlps[layer][0].weight.device
+            if dev not in per_device:
+                per_device[dev] = flat.to(dev).split(splits)
+            result[layer] = per_device[dev][j]
+        return result

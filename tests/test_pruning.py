@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pruning.create_pruning_mask import (
+    PruningMaskGenerator,
+    kept_count,
+    read_importance_json,
+    write_importance_json,
+)
+from pruning.prunable_llm import PrunableLLM
+from rl.mask_adapter import FractionMaskAdapter
+
+N_LAYERS, D_FF = 3, 64
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=D_FF,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,  # large weights so that pruning visibly changes the logits
+    )
+    cfg._attn_implementation = "eager"
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def llm() -> PrunableLLM:
+    return PrunableLLM(tiny_model())
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model: PrunableLLM | LlamaForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=ids).logits
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def assert_same_params(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    now = dict(model.named_parameters())
+    assert now.keys() == before.keys()
+    for name, value in before.items():
+        assert torch.equal(now[name], value), name
+
+
+@contextmanager
+def zeroed(model: LlamaForCausalLM, masks: torch.Tensor) -> Iterator[None]:
+    """Reference: zero the pruned neurons' activations (masks [n_layers, d_ff], model layout)."""
+    hooks = [
+        layer.mlp.down_proj.register_forward_pre_hook(lambda _m, a, k=k: (a[0] * k,))
+        for layer, k in zip(model.model.layers, masks.float())
+    ]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def random_masks(gen: torch.Generator) -> torch.Tensor:
+    masks = torch.rand(N_LAYERS, D_FF, generator=gen) < 0.5  # [n_layers, d_ff]
+    masks[0] = False  # all pruned
+    masks[1] = True  # none pruned
+    return masks
+
+
+def test_gather_path_matches_zeroed_activations(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        masks = random_masks(gen)
+        with zeroed(llm.wrapped, masks):
+            ref = logits(llm, ids)
+        with llm.pruned(masks.__getitem__):
+            # layer 0 keeps nothing (an empty prefix: a view), layer 2 is gathered
+            assert [e.is_view for e in llm.undo_pack.entries] == [True, False]
+            out = logits(llm, ids)
+        assert torch.allclose(out, ref, atol=1e-5)
+        assert (out - logits(llm, ids)).abs().max() > 1e-3  # pruning did change the output
+
+
+def test_view_path_after_reorder(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(3)
+    orderings = torch.stack([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+    ranks = torch.argsort(orderings, dim=1)  # [n_layers, d_ff] rank of neuron j
+    keep = torch.tensor([0, D_FF, 37])
+    masks = ranks < keep[:, None]  # top-k in original indices
+    with zeroed(llm.wrapped, masks):
+        ref = logits(llm, ids)
+    originals = [layer.mlp.gate_proj.weight for layer in llm.model.layers]
+    llm.reorder(orderings)
+    with llm.pruned(masks.__getitem__):
+        assert [e.is_view for e in llm.undo_pack.entries] == [True, True]
+        w = llm.model.layers[2].mlp.gate_proj.weight
+        assert w.shape == (37, 32) and w.data_ptr() == originals[2].data_ptr()  # no copy
+        assert llm.model.layers[2].mlp.down_proj.weight.shape == (32, 37)
+        assert llm.keep_counts() == [0, D_FF, 37]
+        out = logits(llm, ids)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_reorder_keeps_function_and_restore_is_exact(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    before, ref = snapshot(llm.wrapped), logits(llm, ids)
+    objects = [p for p in llm.parameters()]
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(2):  # reordering twice composes correctly
+        llm.reorder([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+        assert torch.allclose(logits(llm, ids), ref, atol=1e-5)
+    assert not torch.equal(
+        llm.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"]
+    )
+    llm.restore_order()
+    assert llm.permutation is None
+    assert_same_params(llm.wrapped, before)
+    assert all(a is b for a, b in zip(objects, llm.parameters()))
+
+
+def test_undo_is_bit_exact_after_many_cycles(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(5)
+    llm.reorder([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+    before, objects, ref = snapshot(llm.wrapped), list(llm.parameters()), logits(llm, ids)
+    mask_gen = PruningMaskGenerator(llm.permutation, align=1)
+    for i in range(20):
+        if i % 2:
+            masks = random_masks(gen)
+        else:
+            masks = mask_gen.get_pruning_masks(torch.rand(N_LAYERS, generator=gen).numpy())
+        llm.prune(masks.__getitem__)
+        assert llm.is_pruned
+        llm.undo_prune()
+        assert not llm.is_pruned and llm.sparsity == 0.0
+    assert_same_params(llm.wrapped, before)
+    assert all(a is b for a, b in zip(objects, llm.parameters()))
+    assert torch.equal(logits(llm, ids), ref)
+
+
+def test_context_manager_restores_on_exception(llm: PrunableLLM) -> None:
+    before = snapshot(llm.wrapped)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        llm.pruned(lambda _layer: torch.rand(D_FF) < 0.3),
+    ):
+        assert llm.is_pruned
+        raise RuntimeError("boom")
+    assert not llm.is_pruned
+    assert_same_params(llm.wrapped, before)
+
+
+@pytest.mark.parametrize(
+    ("bad_layer", "bad_mask", "message"),
+    [
+        (1, torch.ones(D_FF + 1, dtype=torch.bool), "layer 1: mask length"),
+        (2, torch.ones(D_FF, dtype=torch.long), "layer 2: mask dtype"),
+        (0, [True] * D_FF, "layer 0: mask must be a torch.Tensor"),
+    ],
+)
+def test_bad_mask_raises_and_leaves_model_unchanged(
+    llm: PrunableLLM, bad_layer: int, bad_mask: object, message: str
+) -> None:
+    before, objects = snapshot(llm.wrapped), list(llm.parameters())
+    good = torch.rand(D_FF) < 0.5
+    with pytest.raises(ValueError, match=message):
+        llm.prune(lambda layer: bad_mask if layer == bad_layer else good)
+    assert not llm.is_pruned
+    assert all(a is b for a, b in zip(objects, llm.parameters()))
+    assert_same_params(llm.wrapped, before)
+
+
+def test_prune_twice_raises(llm: PrunableLLM) -> None:
+    llm.prune(lambda layer: torch.arange(D_FF) < 10 * layer)
+    shapes = [p.shape for p in llm.parameters()]
+    with pytest.raises(ValueError, match=r"already pruned \(layers \[0, 1, 2\]\)"):
+        llm.prune(lambda _layer: torch.ones(D_FF, dtype=torch.bool))
+    assert [p.shape for p in llm.parameters()] == shapes
+    with pytest.raises(ValueError, match="pruned"):
+        llm.reorder(torch.arange(D_FF).expand(N_LAYERS, -1))
+
+
+def test_sparsity_is_pruned_fraction(llm: PrunableLLM) -> None:
+    assert llm.sparsity == 0.0 and llm.n_layers == N_LAYERS and llm.intermediate_size == D_FF
+    kept = [0, 64, 16]
+    llm.prune(lambda layer: torch.arange(D_FF) < kept[layer])
+    assert llm.sparsity == pytest.approx((64 + 0 + 48) / (3 * 64))
+    assert llm.keep_counts() == kept
+
+
+def test_forwards_like_the_wrapped_model(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    assert llm.config is llm.wrapped.config
+    assert llm.model is llm.wrapped.model  # attribute forwarding
+    assert torch.equal(llm.forward(input_ids=ids).logits, llm.wrapped(input_ids=ids).logits)
+    out = llm.generate(ids[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 7)
+
+
+def test_kept_count_rounding() -> None:
+    assert kept_count(0.3, 128, 8) == 88  # 89.6 -> 11.2 * 8 -> 11 * 8
+    assert kept_count(0.3, 128, 1) == 90
+    assert kept_count(0.0, 128, 8) == 128 and kept_count(1.0, 128, 8) == 0
+    assert kept_count(0.5, 40, 8) == 16  # 20 / 8 = 2.5 -> ties to even -> 2
+    assert kept_count(0.5, 24, 8) == 16  # 12 / 8 = 1.5 -> 2
+    tie = PruningMaskGenerator(torch.arange(40).expand(2, -1), align=8)
+    assert tie.keep_counts([0.5, 0.7]).tolist() == [16, 16]  # same ties as the scalar
+    for f in np.linspace(0, 1, 101):
+        assert kept_count(float(f), 1536, 1) == round((1 - float(f)) * 1536)
+    with pytest.raises(ValueError, match="divide"):
+        kept_count(0.5, 100, 8)
+
+
+def test_mask_generator_and_adapter() -> None:
+    gen = torch.Generator().manual_seed(6)
+    orderings = torch.stack([torch.randperm(128, generator=gen) for _ in range(4)])
+    mg = PruningMaskGenerator(orderings, align=8)
+    mask = mg.get_pruning_mask(0.3, 2)
+    assert mask.dtype == torch.bool and int(mask.sum()) == 88
+    assert set(orderings[2, :88].tolist()) == set(mask.nonzero().flatten().tolist())
+    fracs = np.array([0.0, 0.3, 0.5, 1.0])
+    assert mg.keep_counts(fracs).tolist() == [128, 88, 64, 0]
+    adapter = FractionMaskAdapter(mg)
+    mask_fn = adapter(fracs)
+    assert torch.equal(mask_fn(1), mg.get_pruning_mask(0.3, 1))
+    rand = np.random.default_rng(0).random(4)
+    assert mg.keep_counts(rand).tolist() == [kept_count(f, 128, 8) for f in rand]
+    with pytest.raises(ValueError, match="layer 3: fraction"):
+        adapter([0.1, 0.2, 0.3, 1.5])
+    with pytest.raises(ValueError, match="layer 1: fraction"):
+        mg.get_pruning_mask(-0.1, 1)
+    with pytest.raises(ValueError, match="expected 4 fractions"):
+        adapter([0.1, 0.2])
+
+
+def test_importance_json_roundtrip_and_validation(tmp_path: Path) -> None:
+    orderings = torch.stack([torch.randperm(D_FF) for _ in range(N_LAYERS)])
+    data = {
+        "model": "tiny", "criterion": "wanda", "num_samples": 2, "num_tokens": 20,
+        "date": "2024-01-01", "n_layers": N_LAYERS, "intermediate_size": D_FF,
+        "orderings": orderings.tolist(),
+    }  # fmt: skip
+    path = tmp_path / "imp.json"
+    write_importance_json(path, data)
+    loaded = read_importance_json(path, N_LAYERS, D_FF)
+    assert torch.equal(loaded.orderings, orderings) and loaded.scores is None
+    with pytest.raises(ValueError, match="4 layers"):
+        read_importance_json(path, 4, D_FF)
+    with pytest.raises(ValueError, match="width"):
+        read_importance_json(path, N_LAYERS, 128)
+    data["orderings"][1][0] = data["orderings"][1][1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="layer 1: ordering is not a permutation"):
+        read_importance_json(path, N_LAYERS, D_FF)
+
+
+def test_top_k_mask_fn_skips_masks_when_orders_match(llm: PrunableLLM, ids: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(9)
+    orderings = torch.stack([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+    adapter = FractionMaskAdapter(PruningMaskGenerator(orderings, align=8))
+    fracs = [1.0, 0.0, 0.4]
+    masks = adapter.masks(fracs)
+    with zeroed(llm.wrapped, masks):
+        ref = logits(llm, ids)
+    llm.reorder(orderings.clone())  # equal, not identical: verified once by value
+    mask_fn = adapter.mask_fn(fracs)
+    assert mask_fn.top_k == [0, 64, 40] and torch.equal(mask_fn(2), masks[2])
+    with llm.pruned(mask_fn):
+        assert llm.keep_counts() == [0, 64, 40]
+        assert all(e.is_view for e in llm.undo_pack.entries)
+        assert torch.allclose(logits(llm, ids), ref, atol=1e-5)
+    other = FractionMaskAdapter(PruningMaskGenerator(orderings.flip(1), align=8))
+    with zeroed(llm.wrapped, llm_layout(llm, other.masks(fracs))):
+        ref_other = logits(llm, ids)
+    with llm.pruned(other.mask_fn(fracs)):  # not the model's order: masks built and gathered
+        assert [e.is_view for e in llm.undo_pack.entries] == [True, False]
+        assert torch.allclose(logits(llm, ids), ref_other, atol=1e-5)
+
+
+def llm_layout(llm: PrunableLLM, masks: torch.Tensor) -> torch.Tensor:
+    """Masks in original ids [n_layers, d_ff] -> the model's current neuron layout."""
+    return masks.gather(1, llm.permutation)
+
+
+def test_top_k_counts_are_validated(llm: PrunableLLM) -> None:
+    orderings = torch.arange(D_FF).expand(N_LAYERS, -1)
+    llm.reorder(orderings)
+    mg = PruningMaskGenerator(orderings, align=1)
+    bad = mg.mask_fn([0.5] * N_LAYERS)
+    bad.top_k = [32, 70, 32]
+    with pytest.raises(ValueError, match=r"layer 1: top-k count 70 outside \[0, 64\]"):
+        llm.prune(bad)
+    bad.top_k = [32, 32]
+    with pytest.raises(ValueError, match="expected 3 top-k counts"):
+        llm.prune(bad)
+    assert not llm.is_pruned
