@@ -38,7 +38,9 @@ def train_rate(config: Path, devices: list[int], steps: int, seq: int) -> dict:
     for o in overrides:
         cmd += ["--set", o]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"train failed:\n{proc.stderr[-3000:]}")
     wall = time.perf_counter() - start
     run = sorted((config.parent / "runs").glob("train_*"))[-1]
     info = json.loads((run / "train.json").read_text())

@@ -18,7 +18,8 @@ def embed_texts(
 ) -> np.ndarray:
     """Mean-pooled, L2-normalised last hidden states.  Returns float32 [n_texts, hidden]."""
     device = next(encoder.parameters()).device
-    limit = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens))
+    positions = getattr(encoder.config, "max_position_embeddings", max_tokens)
+    limit = min(max_tokens, positions, getattr(tokenizer, "model_max_length", max_tokens))
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
