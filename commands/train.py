@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import time
 from pathlib import Path
@@ -118,6 +119,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     env = make_vec_env(
         cfg, pruner if cfg.train.devices is None else None, models.tokenizer, items, embeddings
     )
+    gc.freeze()  # the model's objects never die: keep the collector off them (steadier steps)
     if resume is None:
         run_dir = new_run_dir(cfg, "train")
         agent = make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed)

