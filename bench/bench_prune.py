@@ -11,63 +11,18 @@ import gc
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import ARCHS, arch_dtype, build_model, median_ms, sync  # noqa: E402
 from pruning.create_pruning_mask import PruningMaskGenerator  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from rl.mask_adapter import FractionMaskAdapter  # noqa: E402
-
-ARCHS: dict[str, dict] = {
-    "llama-3.1-8b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
-        max_position_embeddings=131072, tie_word_embeddings=False, dtype=torch.bfloat16,
-    ),
-    "smollm2-135m": dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0,
-        max_position_embeddings=8192, tie_word_embeddings=True, dtype=torch.float32,
-    ),
-}  # fmt: skip
-
-
-def build_model(arch: str, device: torch.device) -> LlamaForCausalLM:
-    """Random-weight model built directly on `device` in the arch's dtype."""
-    kwargs = dict(ARCHS[arch])
-    dtype = kwargs.pop("dtype")
-    cfg = LlamaConfig(**kwargs)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # init in the target dtype: no fp32 copy of 8B weights
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.to(dtype).eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 class CopyOutPruner:
@@ -125,8 +80,8 @@ def time_cycles(
         undo()
     prunes, undos = [], []
     for _ in range(reps):
-        prunes.append(median_ms(prune, dev, 1))
-        undos.append(median_ms(undo, dev, 1))
+        prunes.append(median_ms(prune, dev, 1, warmup=0))
+        undos.append(median_ms(undo, dev, 1, warmup=0))
     return statistics.median(prunes), statistics.median(undos)
 
 
@@ -177,7 +132,7 @@ def fraction_vector(rng: np.random.Generator, mean: float, n_layers: int) -> np.
 
 def run(args: argparse.Namespace) -> list[dict]:
     dev = torch.device(args.device)
-    model = build_model(args.arch, dev)
+    model = build_model(args.arch, dev, arch_dtype(dev))
     n_layers, d_ff = model.config.num_hidden_layers, model.config.intermediate_size
     gen = torch.Generator().manual_seed(0)
     orderings = torch.stack([torch.randperm(d_ff, generator=gen) for _ in range(n_layers)])
