@@ -95,6 +95,8 @@ def score_allocation(
         **metrics,
         "sparsity": sparsity,
         "seconds": round(seconds, 3),
+        "num_items": len(items),
+        "items_per_second": round(len(items) / seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if tokens else None,
     }
 
