@@ -1,0 +1,233 @@
+"""Log-likelihood scoring and WikiText perplexity that agree with lm-evaluation-harness.
+
+`score_requests` is the batched scoring engine (shared with `rl.mmlu`); `PerplexityCalculator`
+reproduces lm-eval's `wikitext` task (rolling windows of `HFLM.loglikelihood_rolling`, word/byte
+perplexity aggregated over the corpus). The window arithmetic lives in `rl.windows`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from rl.windows import (
+    Window,
+    aggregate,
+    byte_count,
+    model_input,
+    rolling_windows,
+    token_perplexity,
+    word_count,
+)
+
+PrefixRule = Literal["bos", "eos"]
+# float32 elements of one log-softmax chunk: bounds the extra memory for large vocabularies
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def resolve_prefix_token(tokenizer: Any, prefix: PrefixRule) -> int:
+    """Token that conditions the first window of a document.
+
+    "bos" is lm-eval's `prefix_token_id` rule (BOS, else EOS); "eos" is the seed's (EOS, else
+    BOS). Falling back warns; a tokenizer with neither raises: any other token (pad, unk) would
+    silently change the numbers.
+    """
+    if prefix not in ("bos", "eos"):
+        raise ValueError(f"prefix must be 'bos' or 'eos', got {prefix!r}")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    first, second = (bos, eos) if prefix == "bos" else (eos, bos)
+    if first is not None:
+        return int(first)
+    if second is not None:
+        other = "eos" if prefix == "bos" else "bos"
+        warnings.warn(f"tokenizer has no {prefix} token; using {other} as prefix", stacklevel=2)
+        return int(second)
+    raise ValueError("tokenizer has neither a BOS nor an EOS token: set tokenizer.bos_token")
+
+
+def item_field(item: Mapping[str, Any] | Any, name: str, default: Any = None) -> Any:
+    """Read `name` from a dict item or a dataclass item (rl.data_source uses frozen dataclasses)."""
+    if isinstance(item, Mapping):
+        return item.get(name, default)
+    return getattr(item, name, default)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per row, float64; logits [N, V], targets [N] -> [N].
+
+    log_softmax runs in float32 on row chunks so bf16 models and 128k vocabularies never
+    materialise a full float32 [N, V] copy.
+    """
+    step = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+    parts = [
+        -F.cross_entropy(logits[i : i + step].float(), targets[i : i + step], reduction="none")
+        for i in range(0, logits.shape[0], step)
+    ]
+    return torch.cat(parts).double()
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Right-padded input_ids and attention_mask [B, T]; pad id 0 is masked out, never scored."""
+    lengths = torch.tensor([len(r) for r in rows])
+    width = int(lengths.max())
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.arange(width)[None, :] < lengths[:, None]  # [B, T]
+    input_ids[mask] = torch.cat([torch.as_tensor(r, dtype=torch.long) for r in rows])
+    return input_ids.to(device), mask.long().to(device)
+
+
+def _score_rows(
+    model: torch.nn.Module,
+    rows: Sequence[Sequence[int]],
+    wanted: Sequence[tuple[int, list[int]]],
+) -> torch.Tensor:
+    """One forward pass over `rows`; `wanted[k]` = (row, targets) -> [len(wanted)] sums, float64.
+
+    The targets of request k follow the last len(targets) positions of its row.
+    """
+    device = next(model.parameters()).device
+    input_ids, attention_mask = _pad_rows(rows, device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
+    n_targets = torch.tensor([len(t) for _, t in wanted])  # [K]
+    row_of = torch.tensor([r for r, _ in wanted])  # [K]
+    row_end = torch.tensor([len(rows[r]) for r, _ in wanted])  # [K]
+    request = torch.repeat_interleave(torch.arange(len(wanted)), n_targets)  # [N]
+    first = torch.cumsum(n_targets, 0) - n_targets  # [K] offset of each request in [N]
+    position = (row_end - n_targets)[request] + torch.arange(len(request)) - first[request]
+    targets = torch.cat([torch.as_tensor(t, dtype=torch.long) for _, t in wanted])  # [N]
+    picked = logits[row_of[request].to(device), position.to(device)]  # [N, V]
+    logp = _token_logprobs(picked, targets.to(device))  # [N]
+    sums = torch.zeros(len(wanted), dtype=torch.float64, device=device)
+    return sums.index_add_(0, request.to(device), logp).cpu()
+
+
+@torch.inference_mode()
+def score_requests(
+    model: torch.nn.Module,
+    requests: Sequence[Window],
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> list[float]:
+    """Sum of log p(targets | context) for each (context, targets) request, batched.
+
+    Inputs are built as lm-eval does (`model_input`); requests whose input rows are identical
+    (e.g. the four one-token MMLU letters after one prompt) share a single row. Rows are sorted
+    longest first so each batch pads little.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    row_of: dict[tuple[int, ...], int] = {}
+    owners: list[list[int]] = []  # [n_rows] -> request indices
+    for i, (context, targets) in enumerate(requests):
+        if not context or not targets:
+            raise ValueError(f"request {i}: context and targets must be non-empty")
+        key = tuple(model_input(context, targets, max_length))
+        if len(targets) > len(key):
+            raise ValueError(f"request {i}: {len(targets)} targets exceed max_length {max_length}")
+        if key not in row_of:
+            row_of[key] = len(owners)
+            owners.append([])
+        owners[row_of[key]].append(i)
+    rows = sorted(row_of, key=len, reverse=True)
+    result = [0.0] * len(requests)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        members = [(b, i) for b, key in enumerate(batch) for i in owners[row_of[key]]]
+        sums = _score_rows(model, batch, [(b, list(requests[i][1])) for b, i in members])
+        for k, (_, i) in enumerate(members):
+            result[i] = float(sums[k])
+    return result
+
+
+class PerplexityCalculator:
+    """lm-eval-compatible rolling log-likelihood and WikiText perplexity for one model.
+
+    Documents are tokenized once (cached by text, without special tokens) and cut into lm-eval's
+    disjoint rolling windows; windows of several documents share forward passes.
+    Difference from lm-eval: HFLM encodes with the tokenizer's default special tokens, so for a
+    tokenizer that adds BOS by default (Llama-3) it scores an extra BOS after the prefix; pass
+    `add_special_tokens=True` to reproduce that exactly. SmolLM2 adds none: identical.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        max_length: int,
+        prefix: PrefixRule = "bos",
+        batch_size: int = 8,
+        add_special_tokens: bool = False,
+    ) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.add_special_tokens = add_special_tokens
+        self.prefix_token = resolve_prefix_token(tokenizer, prefix)
+        self._tokens: dict[str, list[int]] = {}
+
+    def tokens(self, text: str) -> list[int]:
+        if text not in self._tokens:
+            ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+            self._tokens[text] = list(ids)
+        return self._tokens[text]
+
+    def windows(self, text: str) -> list[Window]:
+        return rolling_windows(self.tokens(text), self.prefix_token, self.max_length)
+
+    def loglikelihood(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        """(sum log-likelihood, tokens scored) per text; an empty text scores (0.0, 0)."""
+        requests: list[Window] = []
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            windows = self.windows(text)
+            if not windows:
+                warnings.warn(
+                    f"text {i} has no tokens: log-likelihood 0 over 0 tokens", stacklevel=2
+                )
+            requests += windows
+            owner += [i] * len(windows)
+        scores = score_requests(self.model, requests, self.batch_size, self.max_length)
+        sums = [0.0] * len(texts)
+        for i, score in zip(owner, scores, strict=True):
+            sums[i] += score
+        return [(sums[i], len(self.tokens(t))) for i, t in enumerate(texts)]
+
+    def evaluate(self, docs: Sequence[Mapping[str, Any] | Any]) -> dict[str, float | int]:
+        """Corpus word/byte perplexity and bits/byte, as lm-eval's `wikitext` task.
+
+        Each doc needs `text` (what the model reads) and either `word_count` + `byte_count` or
+        `original_text` (counts are taken on the original page, never on `text`). An empty
+        document adds 0 log-likelihood but still its words, as in lm-eval.
+        """
+        if not docs:
+            raise ValueError("evaluate() needs at least one document")
+        results = self.loglikelihood([item_field(d, "text") for d in docs])
+        words, n_bytes = zip(*(_doc_counts(d) for d in docs), strict=True)
+        lls = [ll for ll, _ in results]
+        n_tokens = sum(n for _, n in results)
+        metrics: dict[str, float | int] = dict(aggregate(lls, words, n_bytes))
+        metrics["token_perplexity"] = token_perplexity(lls, [n for _, n in results])
+        metrics.update(max_length=self.max_length, num_docs=len(docs), num_tokens=n_tokens)
+        return metrics
+
+    def token_perplexity(self, texts: Sequence[str]) -> float:
+        """exp(-sum ll / sum tokens) over `texts` (e.g. training windows)."""
+        results = self.loglikelihood(texts)
+        return token_perplexity([ll for ll, _ in results], [n for _, n in results])
+
+
+def _doc_counts(doc: Mapping[str, Any] | Any) -> tuple[int, int]:
+    words, n_bytes = item_field(doc, "word_count"), item_field(doc, "byte_count")
+    if words is not None and n_bytes is not None:
+        return int(words), int(n_bytes)
+    original = item_field(doc, "original_text")
+    if original is None:
+        raise ValueError("a document needs word_count and byte_count, or original_text")
+    return word_count(original), byte_count(original)
