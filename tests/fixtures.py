@@ -23,6 +23,16 @@ WORDS = (
 N_LAYERS, D_FF = 2, 64
 
 
+def tiny_llama(seed: int = 0, **overrides: object) -> LlamaForCausalLM:
+    """A random 3-layer LLaMA (hidden 32, MLP width 64), eval mode; overrides go to LlamaConfig."""
+    torch.manual_seed(seed)
+    kwargs: dict[str, object] = dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    return LlamaForCausalLM(LlamaConfig(**(kwargs | overrides))).eval()
+
+
 def save_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<pad>", *WORDS, "=", ",", "."])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

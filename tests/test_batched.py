@@ -2,26 +2,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pruning.prunable_llm import PrunableLLM
 from rl.batched import score_samples
 from rl.metrics import score_requests
 from rl.windows import rolling_windows
+from tests.fixtures import tiny_llama
 
 
 def tiny_llm(seed: int = 0) -> PrunableLLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return PrunableLLM(LlamaForCausalLM(cfg).eval())
+    return PrunableLLM(tiny_llama(seed, vocab_size=97, max_position_embeddings=128))
 
 
 def prefix_masks(orderings: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

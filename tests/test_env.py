@@ -9,28 +9,18 @@ import pytest
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_checker import check_env
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pruning.prunable_llm import PrunableLLM
 from rl.env import LLMPruningEnv, action_to_fractions
 from rl.reward import PerplexityReward
+from tests.fixtures import tiny_llama
 
 N_ITEMS, SEQ_LEN, EMBED_DIM, N_LAYERS, D_FF = 6, 12, 8, 3, 64
 
 
 @pytest.fixture(scope="module")
 def llm() -> PrunableLLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=D_FF,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return PrunableLLM(LlamaForCausalLM(config).eval())
+    return PrunableLLM(tiny_llama(intermediate_size=D_FF, num_hidden_layers=N_LAYERS))
 
 
 class PerplexityScorer:

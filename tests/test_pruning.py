@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from pruning.create_pruning_mask import (
     PruningMaskGenerator,
@@ -18,24 +18,21 @@ from pruning.create_pruning_mask import (
 )
 from pruning.prunable_llm import PrunableLLM
 from rl.mask_adapter import FractionMaskAdapter
+from tests.fixtures import tiny_llama
 
 N_LAYERS, D_FF = 3, 64
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    # large weights so that pruning visibly changes the logits; eager attention for exactness
+    return tiny_llama(
+        seed,
         vocab_size=128,
-        hidden_size=32,
         intermediate_size=D_FF,
         num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,  # large weights so that pruning visibly changes the logits
+        initializer_range=0.2,
+        attn_implementation="eager",
     )
-    cfg._attn_implementation = "eager"
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture
