@@ -136,7 +136,7 @@ class MMLULoglikelihoodCalculator:
             self._cache[key] = pairs
         return self._cache[key]
 
-    def _judge(self, item: Item, requests: Sequence[Window], logliks: list[float]) -> dict:
+    def judge(self, item: Item, requests: Sequence[Window], logliks: list[float]) -> dict:
         scores = logliks
         if self.mode == "choice_text":
             scores = [ll / len(cont) for ll, (_, cont) in zip(logliks, requests, strict=True)]
@@ -151,7 +151,7 @@ class MMLULoglikelihoodCalculator:
         """correct (bool), pred (0-3), logliks (raw sums per choice, before any normalization)."""
         requests = self.requests(item)
         logliks = score_requests(self.model, requests, len(requests), self.max_length)
-        return self._judge(item, requests, logliks)
+        return self.judge(item, requests, logliks)
 
     def evaluate(self, items: Sequence[Item], batch_size: int = 8) -> dict[str, float | int]:
         """Mean accuracy; `batch_size` forward rows shared across items."""
@@ -162,7 +162,7 @@ class MMLULoglikelihoodCalculator:
         logliks = score_requests(self.model, flat, batch_size, self.max_length)
         n_correct, start = 0, 0
         for item, reqs in zip(items, per_item, strict=True):
-            verdict = self._judge(item, reqs, logliks[start : start + len(reqs)])
+            verdict = self.judge(item, reqs, logliks[start : start + len(reqs)])
             n_correct += verdict["correct"]
             start += len(reqs)
         return {"acc": n_correct / len(items), "n": len(items)}

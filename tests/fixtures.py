@@ -55,6 +55,18 @@ def wiki_page(title: str, n: int, seed: int) -> str:
     return f" = {title} = \n \n" + "".join(f" {line}\n" for line in lines) + " \n"
 
 
+def write_mmlu(folder: Path) -> None:
+    """Two subjects x three questions per split, in the original CSV layout (no header)."""
+    for split in ("test", "dev", "val"):
+        (folder / split).mkdir(parents=True)
+        for subject in ("war_history", "song_studies"):
+            rows = [
+                f'"the {w} of {subject.split("_")[0]} ,",the,a,of,"and, to",{"ABCD"[i % 4]}\n'
+                for i, w in enumerate(WORDS[:3])
+            ]
+            (folder / split / f"{subject}_{split}.csv").write_text("".join(rows))
+
+
 def make_tiny_project(
     root: Path, llm_cfg: LlamaConfig | None = None, pages: int = 4, **overrides: object
 ) -> Path:
@@ -80,6 +92,7 @@ def make_tiny_project(
     for split, seed in (("test", 0), ("valid", 10), ("train", 20)):
         text = "".join(wiki_page(f"Doc {i}", 30 + 25 * i, seed + i) for i in range(pages))
         (data_dir / f"wiki.{split}.raw").write_text(" \n" + text)
+    write_mmlu(root / "mmlu")
     gen = torch.Generator().manual_seed(1)
     orderings = [torch.randperm(d_ff, generator=gen).tolist() for _ in range(n_layers)]
     importance = root / "importance.json"
@@ -99,7 +112,8 @@ def make_tiny_project(
     )
     config = {
         "model": {"llm": str(llm_dir), "encoder": str(enc_dir), "device": "cpu"},
-        "data": {"wikitext_path": str(data_dir), "embedding_cache": str(root / "cache")},
+        "data": {"wikitext_path": str(data_dir), "mmlu_path": str(root / "mmlu"),
+                 "embedding_cache": str(root / "cache")},
         "env": {"max_length": 16, "importance_file": str(importance), "batch_size": 4},
         "sac": {"learning_starts": 4, "batch_size": 8, "buffer_size": 256, "net_arch": [8]},
         "train": {"total_steps": 8, "checkpoint_every": 4, "n_envs": 2,

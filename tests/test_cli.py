@@ -132,3 +132,18 @@ def test_corrupt_or_mismatched_agent(
     encoder = f"model.encoder={project.parent / 'llm'}"
     argv = ["eval", "--config", str(project), "--agent", str(agent), "--set", encoder]
     fails_cleanly(capsys, argv, "dims")
+
+
+@pytest.mark.parametrize("mode", ["letter", "choice_text"])
+def test_mmlu_score_train_eval(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path, mode: str
+) -> None:
+    mmlu = ["--set", "data.dataset=mmlu", "--set", f"env.mmlu_mode={mode}"]
+    mmlu += ["--set", f"train.runs_dir={tmp_path}"]
+    assert main(["score", "--config", str(project), *mmlu]) == 0
+    dense = last_json(capsys)
+    assert dense["task"] == "mmlu" and dense["n"] == 6 and 0 <= dense["acc"] <= 1
+    assert main(["train", "--config", str(project), *mmlu, "--set", "train.total_steps=4"]) == 0
+    assert main(["eval", "--config", str(project), *mmlu]) == 0
+    summary = last_json(capsys)
+    assert all(0 <= summary[arm]["acc"] <= 1 for arm in ("policy", "dense", "uniform_mean"))
