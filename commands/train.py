@@ -106,6 +106,34 @@ def check_same_config(cfg: Config, run: Path) -> None:
                 )
 
 
+def start_or_resume(
+    cfg: Config, env: Any, resume: Path | None, obs_dim: int, n_layers: int
+) -> tuple[SAC, Path]:
+    """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer."""
+    if resume is None:
+        run_dir = new_run_dir(cfg, "train")
+        return make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed), run_dir
+    ckpt = latest_checkpoint(resume / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{resume} has no complete checkpoint to resume from")
+    agent = load_agent(ckpt / AGENT, obs_dim, n_layers)
+    agent.set_env(env)
+    agent.load_replay_buffer(ckpt / BUFFER)
+    print(f"resuming {resume.name} at step {agent.num_timesteps}")
+    return agent, resume
+
+
+def save_final(agent: SAC, run_dir: Path, summary: dict[str, Any]) -> Path:
+    """Last checkpoint, the final agent (atomically) and train.json."""
+    save_checkpoint(agent, run_dir / "checkpoints")
+    final, tmp = run_dir / FINAL_AGENT, run_dir / f"tmp_{FINAL_AGENT}"
+    agent.save(tmp)
+    tmp.replace(final)
+    write_json(run_dir / "train.json", {"steps": agent.num_timesteps, **summary})
+    print(f"saved {final}: steps {agent.num_timesteps}, {summary}")
+    return final
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     runs_dir = resolve_path(cfg.train.runs_dir)
     resume = find_run(args.resume, runs_dir) if args.resume else None
@@ -116,50 +144,24 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     pruner = make_pruner(cfg, models)
     items = training_items(cfg, models.tokenizer)
     embeddings = observations(models, cfg.data, [item.text for item in items])
-    env = make_vec_env(
-        cfg, pruner if cfg.train.devices is None else None, models.tokenizer, items, embeddings
-    )
+    in_process = pruner if cfg.train.devices is None else None  # else: one model per GPU worker
+    env = make_vec_env(cfg, in_process, models.tokenizer, items, embeddings)
     gc.freeze()  # the model's objects never die: keep the collector off them (steadier steps)
-    if resume is None:
-        run_dir = new_run_dir(cfg, "train")
-        agent = make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed)
-    else:
-        run_dir = resume
-        ckpt = latest_checkpoint(run_dir / "checkpoints")
-        if ckpt is None:
-            raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from")
-        agent = load_agent(ckpt / AGENT, embeddings.shape[1], pruner.llm.n_layers)
-        agent.set_env(env)
-        agent.load_replay_buffer(ckpt / BUFFER)
-        print(f"resuming {run_dir.name} at step {agent.num_timesteps}")
+    agent, run_dir = start_or_resume(cfg, env, resume, embeddings.shape[1], pruner.llm.n_layers)
     print(f"run folder: {run_dir}  ({len(items)} training items, {pruner.llm.n_layers} layers)")
     progress = ProgressCallback(cfg.train.total_steps)
     checkpoints = CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every)
     start = time.perf_counter()
     remaining = cfg.train.total_steps - agent.num_timesteps
     if remaining > 0:
-        agent.learn(
-            remaining,
-            callback=[progress, checkpoints],
-            reset_num_timesteps=resume is None,
-            tb_log_name="sac",
-        )
-    save_checkpoint(agent, run_dir / "checkpoints")
-    tmp = run_dir / ("tmp_" + FINAL_AGENT)
-    agent.save(tmp)
-    tmp.replace(run_dir / FINAL_AGENT)
-    summary = {
-        "steps": agent.num_timesteps,
-        "seconds": round(time.perf_counter() - start, 1),
-        "training_items": len(items),
-        "agent": str(run_dir / FINAL_AGENT),
-        **progress.summary(),
-    }
-    write_json(run_dir / "train.json", summary)
-    print(f"saved {run_dir / FINAL_AGENT}: {summary}")
+        callbacks = [progress, checkpoints]
+        agent.learn(remaining, callbacks, reset_num_timesteps=resume is None, tb_log_name="sac")
+    seconds = round(time.perf_counter() - start, 1)
+    summary = {"seconds": seconds, "training_items": len(items), **progress.summary()}
+    final = save_final(agent, run_dir, summary)
     env.close()
     if cfg.train.eval_after:
         from commands.evaluate import evaluate_agent
 
-        evaluate_agent(cfg, models, pruner, run_dir / FINAL_AGENT)
+        evaluate_agent(cfg, models, pruner, final)
     return 0
