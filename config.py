@@ -72,7 +72,7 @@ class SACConfig(_Section):
     gamma: float = Field(default=0.0, ge=0, le=1)  # a one-step bandit: no bootstrapping
     train_freq: int = Field(default=1, gt=0)
     gradient_steps: int = Field(default=1, ge=-1)
-    ent_coef: str | float = "auto"
+    ent_coef: str | float = "auto_0.02"  # "auto_<init>" learns it; a number fixes it
     target_entropy: str | float = "auto"
     net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
     init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # untrained actor's mean fraction
