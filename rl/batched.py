@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from pruning.prunable_llm import PrunableLLM
-from rl.metrics import _score_rows as score_rows
+from rl.metrics import score_rows
 from rl.windows import Window, model_input
 
 

@@ -80,7 +80,28 @@ def _pad_rows(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torc
     return input_ids.to(device), mask.long().to(device)
 
 
-def _score_rows(
+def _target_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Logits [N, V] at (rows[i], positions[i]) only.
+
+    For a LLaMA-layout model the LM head runs on the scored positions alone: an MMLU prompt of
+    500 tokens needs 1-4 of them, and a 128k vocabulary never makes a [B, T, V] tensor.
+    """
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    device = input_ids.device
+    rows, positions = rows.to(device), positions.to(device)
+    if body is None or head is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return head(hidden[rows, positions])
+
+
+def score_rows(
     model: torch.nn.Module,
     rows: Sequence[Sequence[int]],
     wanted: Sequence[tuple[int, list[int]]],
@@ -91,7 +112,8 @@ def _score_rows(
     """
     device = next(model.parameters()).device
     input_ids, attention_mask = _pad_rows(rows, device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
+    if bool(attention_mask.all()):
+        attention_mask = None  # no padding: lets attention take its plain causal fast path
     n_targets = torch.tensor([len(t) for _, t in wanted])  # [K]
     row_of = torch.tensor([r for r, _ in wanted])  # [K]
     row_end = torch.tensor([len(rows[r]) for r, _ in wanted])  # [K]
@@ -99,7 +121,7 @@ def _score_rows(
     first = torch.cumsum(n_targets, 0) - n_targets  # [K] offset of each request in [N]
     position = (row_end - n_targets)[request] + torch.arange(len(request)) - first[request]
     targets = torch.cat([torch.as_tensor(t, dtype=torch.long) for _, t in wanted])  # [N]
-    picked = logits[row_of[request].to(device), position.to(device)]  # [N, V]
+    picked = _target_logits(model, input_ids, attention_mask, row_of[request], position)  # [N, V]
     logp = _token_logprobs(picked, targets.to(device))  # [N]
     sums = torch.zeros(len(wanted), dtype=torch.float64, device=device)
     return sums.index_add_(0, request.to(device), logp).cpu()
@@ -137,7 +159,7 @@ def score_requests(
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         members = [(b, i) for b, key in enumerate(batch) for i in owners[row_of[key]]]
-        sums = _score_rows(model, batch, [(b, list(requests[i][1])) for b, i in members])
+        sums = score_rows(model, batch, [(b, list(requests[i][1])) for b, i in members])
         for k, (_, i) in enumerate(members):
             result[i] = float(sums[k])
     return result
