@@ -19,7 +19,7 @@ from rl.env import LLMPruningEnv
 from rl.mask_adapter import FractionMaskAdapter
 from rl.metrics import resolve_prefix_token
 from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.reward import make_reward
+from rl.reward import RewardFn, make_reward
 from rl.tasks import MMLUScorer, PerplexityScorer
 from rl.vec_env import BatchedPruningVecEnv
 
@@ -69,15 +69,16 @@ def make_scorer(cfg: Config, llm: PrunableLLM, tokenizer: Any, items: Sequence[A
     return PerplexityScorer(llm, tokens, counts, prefix, env.max_length, env.batch_size)
 
 
-def reward_name(cfg: Config) -> str:
-    return "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
+def make_reward_fn(cfg: Config) -> RewardFn:
+    """Correctness reward for MMLU, perplexity reward for WikiText."""
+    name = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
+    return make_reward(name, cfg.env.quality_weight)
 
 
 def make_single_env(
     cfg: Config, pruner: Pruner, tokenizer: Any, items: Sequence[Any], embeddings: np.ndarray
 ) -> LLMPruningEnv:
-    scorer = make_scorer(cfg, pruner.llm, tokenizer, items)
-    reward = make_reward(reward_name(cfg), cfg.env.quality_weight)
+    scorer, reward = make_scorer(cfg, pruner.llm, tokenizer, items), make_reward_fn(cfg)
     return LLMPruningEnv(pruner.llm, scorer, embeddings, pruner.adapter.mask_fn, reward)
 
 
@@ -113,8 +114,7 @@ def make_vec_env(
         return SubprocVecEnv(fns, start_method="spawn")
     assert pruner is not None
     if cfg.train.n_envs > 1:
-        scorer = make_scorer(cfg, pruner.llm, tokenizer, items)
-        reward = make_reward(reward_name(cfg), cfg.env.quality_weight)
+        scorer, reward = make_scorer(cfg, pruner.llm, tokenizer, items), make_reward_fn(cfg)
         return BatchedPruningVecEnv(
             pruner.llm, scorer, embeddings, pruner.adapter, reward, cfg.train.n_envs
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,14 @@ def newest_agent(runs_dir: Path) -> Path:
 
 
 def item_scores(pruner: Pruner, scorer: Any, fractions: np.ndarray | None) -> list[tuple]:
-    """(log-likelihoods or verdict inputs, metric, sparsity) per item, one allocation per item."""
+    """(summed log-likelihood, metric, sparsity) per item; fractions [n_items, n_layers] or None."""
     out = []
     for i in tqdm(range(len(scorer)), desc="eval", unit="item", leave=False):
-        reqs = scorer.requests(i)
-        if fractions is None:
-            lls = score_requests(pruner.llm, reqs, scorer.batch_size, scorer.max_length)
-            out.append((sum(lls), scorer.metric(i, lls), 0.0))
-            continue
-        with pruner.llm.pruned(pruner.adapter.mask_fn(fractions[i])):
-            lls = score_requests(pruner.llm, reqs, scorer.batch_size, scorer.max_length)
+        pruned = fractions is not None
+        with pruner.llm.pruned(pruner.adapter.mask_fn(fractions[i])) if pruned else nullcontext():
+            lls = score_requests(
+                pruner.llm, scorer.requests(i), scorer.batch_size, scorer.max_length
+            )
             out.append((sum(lls), scorer.metric(i, lls), pruner.llm.sparsity))
     return out
 
