@@ -1,0 +1,111 @@
+"""Allocations: how many MLP neurons each layer keeps. Pure NumPy, no model.
+
+An allocation is one vector `kept[n_layers]` of kept neurons per layer (int64), always a
+multiple of `align` (tensor-core friendly widths). Because `PrunableLLM` sorts every layer's
+neurons by importance once, `kept[l]` alone says which neurons stay: the first `kept[l]`.
+Fractions (what the policy, `score uniform:0.3` and profile files speak) become counts here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ArrayLike = np.ndarray | Sequence[float]
+
+
+def check_align(width: int, align: int) -> None:
+    if align < 1 or width % align:
+        raise ValueError(f"align must be >= 1 and divide the MLP width {width}, got {align}")
+
+
+def check_fractions(fractions: ArrayLike, n_layers: int) -> np.ndarray:
+    """float64 [..., n_layers] in [0, 1]; ValueError naming the first bad layer."""
+    frac = np.asarray(fractions, dtype=np.float64)
+    if frac.ndim == 0 or frac.shape[-1] != n_layers:
+        raise ValueError(f"expected {n_layers} fractions (one per layer), got shape {frac.shape}")
+    bad = np.argwhere(~((frac >= 0) & (frac <= 1)))  # also catches NaN
+    if len(bad):
+        layer = int(bad[0][-1])
+        raise ValueError(f"layer {layer}: fraction must be in [0, 1], got {frac[tuple(bad[0])]}")
+    return frac
+
+
+def kept_counts(fractions: ArrayLike, width: int, align: int = 8) -> np.ndarray:
+    """Neurons kept per layer when pruning `fractions` [..., n_layers] of each layer -> int64.
+
+    (1 - f) * width rounded to the nearest multiple of `align` (ties to even), in [0, width].
+    """
+    check_align(width, align)
+    frac = np.asarray(fractions, dtype=np.float64)
+    frac = check_fractions(frac, frac.shape[-1] if frac.ndim else 1)
+    kept = align * np.rint((1 - frac) * width / align)
+    return np.clip(kept, 0, width).astype(np.int64)
+
+
+def check_kept(kept: ArrayLike, n_layers: int, width: int) -> np.ndarray:
+    """int64 [n_layers] counts in [0, width]; ValueError naming the first bad layer."""
+    arr = np.asarray(kept)
+    if arr.shape != (n_layers,):
+        raise ValueError(f"expected {n_layers} kept counts (one per layer), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"kept counts must be integers, got dtype {arr.dtype}")
+    bad = np.flatnonzero((arr < 0) | (arr > width))
+    if len(bad):
+        raise ValueError(f"layer {bad[0]}: kept count {arr[bad[0]]} outside [0, {width}]")
+    return arr.astype(np.int64)
+
+
+def sparsity_of(kept: np.ndarray, width: int) -> np.ndarray | float:
+    """Fraction of all MLP neurons pruned: 1 - sum(kept) / (n_layers * width); [...]."""
+    kept = np.asarray(kept)
+    out = 1.0 - kept.sum(-1) / (kept.shape[-1] * width)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def target_blocks(target: float, n_layers: int, width: int, align: int) -> int:
+    """Total kept `align`-blocks for MLP sparsity `target`; ValueError if out of (0, 1)."""
+    check_align(width, align)
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target sparsity must be in (0, 1), got {target}")
+    return int(round((1.0 - target) * n_layers * width / align))
+
+
+def project_to_target(
+    fractions: ArrayLike, target: float, width: int, align: int = 8
+) -> np.ndarray:
+    """Kept counts [..., n_layers] closest to `fractions` whose total meets `target` exactly.
+
+    The projection: shift every layer's fraction by one common amount, clipped to [0, 1]
+    (the Euclidean projection onto {f in [0, 1]^L : mean(f) = target}), then round to
+    `align` blocks by largest remainder. The total kept is exactly `target_blocks(...)` blocks,
+    i.e. the target to within one `align` block over the whole model, and each layer is
+    within one block of its projected fraction.
+    """
+    frac = np.asarray(fractions, dtype=np.float64)
+    n_layers = frac.shape[-1]
+    frac = check_fractions(frac, n_layers)
+    per_layer = width // align  # blocks in a full layer
+    total = target_blocks(target, n_layers, width, align)
+    # Bisection on the common shift d in [-1, 1]: mean(clip(f - d, 0, 1)) falls as d grows.
+    lo = np.full(frac.shape[:-1] + (1,), -1.0)
+    hi = np.full_like(lo, 1.0)
+    goal = 1.0 - total / (n_layers * per_layer)  # the target as the blocks can express it
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        above = np.clip(frac - mid, 0, 1).mean(-1, keepdims=True) > goal
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    blocks = (1.0 - np.clip(frac - (lo + hi) / 2, 0, 1)) * per_layer  # [..., L] real-valued
+    base = np.floor(blocks + 1e-9).clip(0, per_layer)
+    missing = total - base.sum(-1, keepdims=True)  # [..., 1] blocks still to hand out
+    remainder = np.where(base < per_layer, blocks - base, -np.inf)
+    rank = np.argsort(np.argsort(-remainder, axis=-1, kind="stable"), axis=-1)
+    base += rank < missing
+    return (base * align).astype(np.int64)
+
+
+def uniform_at_target(target: float, n_layers: int, width: int, align: int = 8) -> np.ndarray:
+    """Kept counts that prune every layer alike and meet `target` exactly (earlier layers get
+    the leftover blocks)."""
+    return project_to_target(np.full(n_layers, target), target, width, align)
