@@ -53,14 +53,42 @@ class DataConfig(_Section):
 
 class EnvConfig(_Section):
     max_length: int = Field(default=2048, gt=1)  # tokens per window (LLM context used for scoring)
-    quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # 1: only quality, 0: only sparsity
+    # budget: each episode gets a target sparsity (a number, or [low, high] sampled per episode)
+    # and the reward is quality only; tradeoff: the policy picks the sparsity, the reward trades
+    # quality_weight of quality against sparsity
+    reward: Literal["budget", "tradeoff"] = "budget"
+    target_sparsity: float | tuple[float, float] | None = (0.1, 0.5)  # budget mode only
+    quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # tradeoff only: 1 = only quality
     importance_file: str | None = None  # neuron orderings; None = importance command output
     align: int = Field(default=8, gt=0)  # kept neurons per layer rounded to a multiple of this
-    storage: Literal["cpu", "gpu"] = "gpu"  # copy-out designs only: where removed rows live
     prefix_token: Literal["bos", "eos"] = "bos"  # first-window context token; lm-eval uses BOS
     mmlu_mode: Literal["letter", "choice_text"] = "letter"  # lm-eval's acc, or the seed's scoring
     mmlu_num_fewshot: int = Field(default=0, ge=0, le=5)  # dev-split examples in MMLU prompts
     batch_size: int = Field(default=8, gt=0)  # windows per forward pass when scoring
+
+    @property
+    def targets(self) -> tuple[float, float] | None:
+        """(low, high) of the per-episode target sparsity; None in trade-off mode."""
+        t = self.target_sparsity
+        if self.reward == "tradeoff" or t is None:
+            return None
+        return (t, t) if isinstance(t, float | int) else (float(t[0]), float(t[1]))
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> EnvConfig:
+        if self.reward == "budget":
+            if self.target_sparsity is None:
+                raise ValueError(
+                    "env.reward=budget needs env.target_sparsity (e.g. 0.3 or [0.1, 0.5]); "
+                    "or set env.reward=tradeoff"
+                )
+            low, high = self.targets
+            if not 0.0 < low <= high < 1.0:
+                raise ValueError(
+                    f"env.target_sparsity={self.target_sparsity} must lie in (0, 1) with "
+                    "low <= high; e.g. 0.3 or [0.1, 0.5]"
+                )
+        return self
 
 
 class SACConfig(_Section):
@@ -90,6 +118,16 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     agent: str | None = None  # agent .zip; None = final agent of the newest train run in runs_dir
     limit: int | None = Field(default=None, gt=0)  # evaluate only the first N items
+    targets: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])  # budget agents
+    profile: str | None = None  # `search` profile.json: the searched static arm at each target
+    per_window: bool = True  # also let the policy decide per rolling window (WikiText)
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> EvalConfig:
+        bad = [t for t in self.targets if not 0.0 < t < 1.0]
+        if bad or not self.targets:
+            raise ValueError(f"eval.targets={self.targets} must be numbers in (0, 1), e.g. [0.3]")
+        return self
 
 
 class ImportanceConfig(_Section):
@@ -110,6 +148,20 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     importance: ImportanceConfig = ImportanceConfig()
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> Config:
+        if self.train.devices is not None and self.train.n_envs > 1:
+            raise ValueError(
+                "train.devices runs one episode per GPU worker per step; set train.n_envs=1 "
+                "(n_envs > 1 batches episodes in one process: set train.devices=null)"
+            )
+        if self.train.devices is not None and self.model.device_map is not None:
+            raise ValueError(
+                "train.devices gives each GPU its own model copy, model.device_map spreads one "
+                "model over all GPUs: set one of them to null"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_splits(self) -> Config:

@@ -85,7 +85,7 @@ class LoadedModels:
     """The causal LM (to be wrapped by PrunableLLM) and its tokenizer; the sentence encoder and
     its tokenizer load on first use, so runs whose embeddings are cached never load it."""
 
-    llm: torch.nn.Module
+    llm: torch.nn.Module | None  # None when loaded with llm=False (e.g. the multi-GPU main process)
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
@@ -113,8 +113,9 @@ class LoadedModels:
         return self._load_encoder()[1]
 
 
-def load_models(cfg: ModelConfig) -> LoadedModels:
-    """Load the causal LM and its tokenizer in eval mode (the encoder follows on first use)."""
+def load_models(cfg: ModelConfig, llm: bool = True) -> LoadedModels:
+    """Load the causal LM (unless llm=False) and its tokenizer in eval mode; the encoder
+    follows on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(cfg.device)
@@ -122,11 +123,15 @@ def load_models(cfg: ModelConfig) -> LoadedModels:
     llm_src = resolve_source(cfg.llm)
     kwargs: dict[str, Any] = {"gguf_file": llm_src.gguf_file} if llm_src.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(llm_src.location, **kwargs)
+    if not llm:
+        return LoadedModels(None, tokenizer, device, dtype, llm_src, cfg.encoder)
     placement = {"device_map": "auto"} if cfg.device_map else {}
-    llm = AutoModelForCausalLM.from_pretrained(llm_src.location, dtype=dtype, **kwargs, **placement)
+    model = AutoModelForCausalLM.from_pretrained(
+        llm_src.location, dtype=dtype, **kwargs, **placement
+    )
     if not cfg.device_map:
-        llm = llm.to(device)
-    return LoadedModels(llm.eval(), tokenizer, device, dtype, llm_src, cfg.encoder)
+        model = model.to(device)
+    return LoadedModels(model.eval(), tokenizer, device, dtype, llm_src, cfg.encoder)
 
 
 def model_shape(llm: torch.nn.Module) -> tuple[int, int]:

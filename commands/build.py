@@ -1,4 +1,4 @@
-"""Wiring shared by train, eval and score: the prunable model, masks, scorers, rewards, envs."""
+"""Wiring shared by the commands: the prunable model, tasks, rewards and environments."""
 
 from __future__ import annotations
 
@@ -13,24 +13,32 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from commands.common import importance_path, make_source
 from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape
-from pruning.create_pruning_mask import PruningMaskGenerator
+from pruning.allocation import check_align
+from pruning.create_pruning_mask import read_importance_json
 from pruning.prunable_llm import PrunableLLM
-from rl.env import LLMPruningEnv
-from rl.mask_adapter import FractionMaskAdapter
-from rl.metrics import resolve_prefix_token
+from rl.env import ActionMap, LLMPruningEnv, PruningBandit
+from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
 from rl.reward import RewardFn, make_reward
-from rl.tasks import MMLUScorer, PerplexityScorer
+from rl.tasks import DocumentTask, MMLUTask, Task, WindowTask
 from rl.vec_env import BatchedPruningVecEnv
 
 
 @dataclass
 class Pruner:
-    """The wrapped LLM, reordered by importance so that pruning is a view, and its mask adapter."""
+    """The wrapped LLM, its neurons sorted by importance once (pruning = views), and the
+    importance file the order came from."""
 
     llm: PrunableLLM
-    adapter: FractionMaskAdapter
     orderings_file: Path
+    align: int
+
+    @property
+    def width(self) -> int:
+        return self.llm.intermediate_size
+
+    def action_map(self, targets: tuple[float, float] | None) -> ActionMap:
+        return ActionMap(self.llm.n_layers, self.width, self.align, targets)
 
 
 def make_pruner(cfg: Config, models: LoadedModels) -> Pruner:
@@ -41,9 +49,12 @@ def make_pruner(cfg: Config, models: LoadedModels) -> Pruner:
             "config or set env.importance_file"
         )
     n_layers, width = model_shape(models.llm)
-    generator = PruningMaskGenerator.from_json(path, n_layers, width, align=cfg.env.align)
-    llm = PrunableLLM(models.llm, orderings=generator.orderings)
-    return Pruner(llm, FractionMaskAdapter(generator), path)
+    try:
+        check_align(width, cfg.env.align)
+        orderings = read_importance_json(path, n_layers, width).orderings
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (env.align / env.importance_file)") from None
+    return Pruner(PrunableLLM(models.llm, orderings=orderings), path, cfg.env.align)
 
 
 def mmlu_calculator(cfg: Config, llm: Any, tokenizer: Any) -> MMLULoglikelihoodCalculator:
@@ -54,39 +65,52 @@ def mmlu_calculator(cfg: Config, llm: Any, tokenizer: Any) -> MMLULoglikelihoodC
     )
 
 
-def make_scorer(cfg: Config, llm: PrunableLLM, tokenizer: Any, items: Sequence[Any]) -> Any:
-    """Per-item metric: token perplexity (windows), word perplexity (documents), or correctness."""
+def perplexity_calculator(cfg: Config, llm: Any, tokenizer: Any) -> PerplexityCalculator:
     env = cfg.env
+    return PerplexityCalculator(llm, tokenizer, env.max_length, env.prefix_token, env.batch_size)
+
+
+def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Task:
+    """Token perplexity (training windows), word perplexity (documents), or MMLU correctness."""
     if cfg.data.dataset == "mmlu":
-        return MMLUScorer(mmlu_calculator(cfg, llm, tokenizer), items)
-    prefix = resolve_prefix_token(tokenizer, env.prefix_token)
+        return MMLUTask(mmlu_calculator(cfg, llm, tokenizer), items, cfg.env.batch_size)
     if items and hasattr(items[0], "token_ids"):  # training windows
+        calc = perplexity_calculator(cfg, llm, tokenizer)
         tokens = [list(c.token_ids) for c in items]
-        counts = [len(t) for t in tokens]
-    else:  # documents: words counted on the original page, as lm-eval does
-        tokens = [tokenizer.encode(d.text, add_special_tokens=False) for d in items]
-        counts = [d.word_count for d in items]
-    return PerplexityScorer(llm, tokens, counts, prefix, env.max_length, env.batch_size)
+        return WindowTask(tokens, calc.prefix_token, cfg.env.max_length, cfg.env.batch_size)
+    return DocumentTask(perplexity_calculator(cfg, llm, tokenizer), items)
 
 
 def make_reward_fn(cfg: Config) -> RewardFn:
-    """Correctness reward for MMLU, perplexity reward for WikiText."""
-    name = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
-    return make_reward(name, cfg.env.quality_weight)
+    """Correctness reward for MMLU, perplexity reward for WikiText; budget or trade-off."""
+    task = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
+    return make_reward(task, cfg.env.reward, cfg.env.quality_weight)
 
 
-def make_single_env(
+def make_bandit(
     cfg: Config, pruner: Pruner, tokenizer: Any, items: Sequence[Any], embeddings: np.ndarray
-) -> LLMPruningEnv:
-    scorer, reward = make_scorer(cfg, pruner.llm, tokenizer, items), make_reward_fn(cfg)
-    return LLMPruningEnv(pruner.llm, scorer, embeddings, pruner.adapter.mask_fn, reward)
+) -> PruningBandit:
+    task = make_task(cfg, pruner.llm, tokenizer, items)
+    action_map = pruner.action_map(cfg.env.targets)
+    return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg))
+
+
+def make_env(
+    cfg: Config, pruner: Pruner, tokenizer: Any, items: Sequence[Any], embeddings: np.ndarray
+) -> VecEnv:
+    """`train.n_envs` episodes per step: batched in one forward pass, or one Gymnasium env."""
+    bandit = make_bandit(cfg, pruner, tokenizer, items, embeddings)
+    if cfg.train.n_envs > 1:
+        return BatchedPruningVecEnv(bandit, cfg.train.n_envs)
+    return DummyVecEnv([lambda: LLMPruningEnv(bandit)])
 
 
 def _worker_env(cfg: Config, device: str, items: Sequence[Any], embeddings: np.ndarray) -> Any:
-    """Runs inside a worker process: its own copy of the model on its own GPU."""
+    """Runs inside a worker process: its own model on its own GPU, one episode per step."""
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})})
     models = load_models(cfg.model)
-    return make_single_env(cfg, make_pruner(cfg, models), models.tokenizer, items, embeddings)
+    pruner = make_pruner(cfg, models)
+    return LLMPruningEnv(make_bandit(cfg, pruner, models.tokenizer, items, embeddings))
 
 
 def _devices(spec: list[int] | str) -> list[str]:
@@ -106,16 +130,10 @@ def make_vec_env(
     items: Sequence[Any],
     embeddings: np.ndarray,
 ) -> VecEnv:
-    """One worker process per GPU (train.devices), batched (n_envs > 1), or a single env."""
-    if cfg.train.devices is not None:
-        fns = [
-            lambda d=d: _worker_env(cfg, d, items, embeddings) for d in _devices(cfg.train.devices)
-        ]
-        return SubprocVecEnv(fns, start_method="spawn")
-    assert pruner is not None
-    if cfg.train.n_envs > 1:
-        scorer, reward = make_scorer(cfg, pruner.llm, tokenizer, items), make_reward_fn(cfg)
-        return BatchedPruningVecEnv(
-            pruner.llm, scorer, embeddings, pruner.adapter, reward, cfg.train.n_envs
-        )
-    return DummyVecEnv([lambda: make_single_env(cfg, pruner, tokenizer, items, embeddings)])
+    """One worker process per GPU (train.devices; the main process holds no model), or
+    in-process (`make_env`)."""
+    if cfg.train.devices is None:
+        assert pruner is not None
+        return make_env(cfg, pruner, tokenizer, items, embeddings)
+    fns = [lambda d=d: _worker_env(cfg, d, items, embeddings) for d in _devices(cfg.train.devices)]
+    return SubprocVecEnv(fns, start_method="spawn")

@@ -95,6 +95,13 @@ def load_split(data: DataConfig, split: str, seed: int = 0) -> list[Any]:
     return items
 
 
+def check_limit(limit: int | None) -> int | None:
+    """--limit: None (all items) or a positive number of items."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be a positive number of items, got {limit}")
+    return limit
+
+
 def load_items(data: DataConfig, split: str, limit: int | None = None) -> list[Any]:
     """Items of one split, capped by data.max_samples and `limit` (first N)."""
     items = load_split(data, split)

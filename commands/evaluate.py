@@ -1,19 +1,35 @@
-"""`eval`: the trained policy on the eval split against dense and uniform baselines."""
+"""`eval`: the trained policy against static allocations at matched sparsity, on the same items.
+
+For each target sparsity (a budget policy: `eval.targets`; a trade-off policy: the sparsity it
+reached) every arm prunes exactly the same share of MLP neurons of the same items:
+
+| arm | allocation |
+|---|---|
+| dense | nothing pruned (once) |
+| uniform | every layer alike |
+| ends_dense | first and last 2 layers dense, the rest alike |
+| searched | the `search` profile at this target (`eval.profile`), if given |
+| policy_mean | the policy's own mean profile, the same for every item |
+| policy_doc | the policy per document (embedding of its first 512 tokens) |
+| policy_window | the policy per rolling window (embedding of the window's own text) |
+
+Every arm is scored by the same code as `score` (`rl.tasks.score_task`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from commands.build import Pruner, make_pruner, make_scorer
+from commands.allocations import baseline_kept, read_profile
+from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
+    check_limit,
     load_items,
     new_run_dir,
     observations,
@@ -21,24 +37,26 @@ from commands.common import (
     seed_everything,
     write_json,
 )
-from commands.plots import plot_profile, plot_sparsity_vs_metric
+from commands.plots import plot_profile, plot_sweep
 from config import Config
 from models import LoadedModels, load_models
+from pruning.allocation import kept_counts, project_to_target, sparsity_of
+from rl.batched import score_samples
 from rl.checkpoints import load_agent
-from rl.env import action_to_fractions
-from rl.metrics import score_requests
-from rl.windows import safe_exp
+from rl.env import ActionMap, observe
+from rl.tasks import DocumentTask, Task, score_task
 
 HELP = (
-    "Run the deterministic policy over data.eval_split and compare it with the dense model and "
-    "uniform allocations at the policy's mean sparsity and at each item's own sparsity."
+    "Evaluate the policy on data.eval_split against dense, uniform, first/last-2-dense, the "
+    "searched profile and its own mean profile, at matched sparsity on the same items."
 )
-ARMS = ("policy", "dense", "uniform_mean", "uniform_item")
+STATIC_ARMS = ("uniform", "ends_dense")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default=None, help="agent .zip (default: eval.agent or newest)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    parser.add_argument("--profile", default=None, help="search profile.json (eval.profile)")
 
 
 def newest_agent(runs_dir: Path) -> Path:
@@ -48,94 +66,182 @@ def newest_agent(runs_dir: Path) -> Path:
     return agents[-1]
 
 
-def item_scores(pruner: Pruner, scorer: Any, fractions: np.ndarray | None) -> list[tuple]:
-    """(summed log-likelihood, metric, sparsity) per item; fractions [n_items, n_layers] or None."""
-    out = []
-    for i in tqdm(range(len(scorer)), desc="eval", unit="item", leave=False):
-        pruned = fractions is not None
-        with pruner.llm.pruned(pruner.adapter.mask_fn(fractions[i])) if pruned else nullcontext():
-            lls = score_requests(
-                pruner.llm, scorer.requests(i), scorer.batch_size, scorer.max_length
-            )
-            out.append((sum(lls), scorer.metric(i, lls), pruner.llm.sparsity))
-    return out
+def policy_kept(
+    agent: Any, obs: np.ndarray, targets: np.ndarray, action_map: ActionMap
+) -> np.ndarray:
+    """Deterministic policy allocations [n, n_layers] for embeddings [n, dim] at targets [n]."""
+    inputs = observe(obs, targets if action_map.budget else None)
+    actions, _ = agent.predict(inputs, deterministic=True)
+    return action_map.kept(actions, targets)
 
 
-def aggregate(cfg: Config, items: Sequence[Any], scores: list[tuple]) -> dict[str, float]:
-    """Word perplexity over all words (never a mean of perplexities), or accuracy."""
-    sparsity = float(np.mean([s for _, _, s in scores]))
-    if cfg.data.dataset == "mmlu":
-        return {"acc": float(np.mean([m for _, m, _ in scores])), "sparsity": sparsity}
-    total_ll = sum(ll for ll, _, _ in scores)
-    words = sum(item.word_count for item in items)
-    n_bytes = sum(item.byte_count for item in items)
-    return {
-        "word_perplexity": safe_exp(-total_ll / words),
-        "byte_perplexity": safe_exp(-total_ll / n_bytes),
-        "bits_per_byte": -total_ll / n_bytes / np.log(2),
-        "sparsity": sparsity,
-    }
+def mean_profile(kept: np.ndarray, target: float | None, action_map: ActionMap) -> np.ndarray:
+    """The same allocation for every item: the mean fractions of `kept` [n, L], on target."""
+    fractions = 1.0 - kept.mean(axis=0) / action_map.width
+    if target is None:
+        return kept_counts(fractions, action_map.width, action_map.align)
+    return project_to_target(fractions, target, action_map.width, action_map.align)
+
+
+def window_requests(task: Task) -> tuple[list[list[Any]], np.ndarray]:
+    """Every rolling window of every item as its own sample, and the item of each [n_windows]."""
+    requests, owner = [], []
+    for i in range(len(task)):
+        for window in task.requests(i):
+            requests.append([window])
+            owner.append(i)
+    return requests, np.asarray(owner)
+
+
+def summarize(task: Task, lls: Sequence[Sequence[float]], kept: np.ndarray, width: int) -> dict:
+    """Task summary plus the mean MLP sparsity (over items, or windows for per-window arms)."""
+    indices = list(range(len(task)))
+    return task.summary(indices, lls) | {"sparsity": float(np.mean(sparsity_of(kept, width)))}
+
+
+class Evaluator:
+    """Scores arms of one eval run on the same items (documents and their windows)."""
+
+    def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list[Any]) -> None:
+        self.pruner, self.width = pruner, pruner.width
+        self.task = make_task(cfg, pruner.llm, models.tokenizer, items)
+        self.doc_obs = observations(models, cfg.data, [item.text for item in items])
+        self.windows: tuple[list[list[Any]], np.ndarray] | None = None
+        self.window_obs: np.ndarray | None = None
+        if cfg.eval.per_window and isinstance(self.task, DocumentTask):
+            self.windows = window_requests(self.task)
+            texts = [models.tokenizer.decode(r[0][1]) for r in self.windows[0]]
+            self.window_obs = observations(models, cfg.data, texts)
+
+    def per_item(self, kept: np.ndarray) -> tuple[dict, np.ndarray]:
+        """kept [n_items, L] (or one [L] for all) -> (summary, kept per item)."""
+        kept = np.broadcast_to(kept, (len(self.task), self.pruner.llm.n_layers))
+        lls, _ = score_task(self.pruner.llm, self.task, list(range(len(self.task))), kept)
+        return summarize(self.task, lls, kept, self.width), kept
+
+    def per_window(self, kept: np.ndarray) -> dict:
+        """kept [n_windows, L]: each rolling window under its own allocation."""
+        assert self.windows is not None
+        requests, owner = self.windows
+        t = self.task
+        lls, _ = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length)
+        per_item = [[] for _ in range(len(t))]
+        for k, ll in enumerate(lls):
+            per_item[owner[k]] += ll
+        return summarize(t, per_item, kept, self.width)
 
 
 def evaluate_agent(
-    cfg: Config, models: LoadedModels, pruner: Pruner, agent_path: Path, limit: int | None = None
+    cfg: Config,
+    models: LoadedModels,
+    pruner: Pruner,
+    agent_path: Path,
+    limit: int | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
-    obs = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
-    agent = load_agent(agent_path, obs.shape[1], pruner.llm.n_layers)
-    actions, _ = agent.predict(obs, deterministic=True)
-    policy = action_to_fractions(actions)  # [n_items, n_layers]
-    scorer = make_scorer(cfg, pruner.llm, models.tokenizer, items)
-    scores = {
-        "policy": item_scores(pruner, scorer, policy),
-        "dense": item_scores(pruner, scorer, None),
-    }
-    item_sparsity = np.array([s for _, _, s in scores["policy"]])
-    uniform = np.ones_like(policy)
-    scores["uniform_mean"] = item_scores(pruner, scorer, uniform * item_sparsity.mean())
-    scores["uniform_item"] = item_scores(pruner, scorer, uniform * item_sparsity[:, None])
-    summary = {arm: aggregate(cfg, items, scores[arm]) for arm in ARMS}
-    per_item = [
-        {"index": i, "fractions": policy[i].round(4).tolist()}
-        | {f"{arm}_metric": scores[arm][i][1] for arm in ARMS}
-        | {f"{arm}_sparsity": scores[arm][i][2] for arm in ARMS}
-        for i in range(len(items))
-    ]
+    ev = Evaluator(cfg, models, pruner, items)
+    action_map = pruner.action_map(cfg.env.targets)
+    n_layers = pruner.llm.n_layers
+    agent = load_agent(agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
+    profile = profile or cfg.eval.profile
+    dense, _ = ev.per_item(np.full(n_layers, pruner.width))
+    if action_map.budget:
+        targets: list[float | None] = list(cfg.eval.targets)
+    else:
+        targets = [None]  # a trade-off policy picks its own sparsity: match the others to it
+    sweep, profiles = [], {}
+    for target in targets:
+        doc_kept = policy_kept(agent, ev.doc_obs, target, action_map)
+        arms: dict[str, dict] = {}
+        arms["policy_doc"], _ = ev.per_item(doc_kept)
+        matched = target if target is not None else arms["policy_doc"]["sparsity"]
+        for name in STATIC_ARMS:
+            arms[name], _ = ev.per_item(
+                baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
+            )
+        if profile:
+            searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
+            if searched is not None:
+                arms["searched"], _ = ev.per_item(searched)
+        arms["policy_mean"], _ = ev.per_item(mean_profile(doc_kept, target, action_map))
+        if ev.windows is not None:
+            n_win = len(ev.windows[1])
+            win_kept = policy_kept(
+                agent, ev.window_obs, np.full(n_win, target or np.nan), action_map
+            )
+            arms["policy_window"] = ev.per_window(win_kept)
+        sweep.append({"target": matched, "arms": arms})
+        profiles[f"{matched:.4f}"] = {
+            "mean_fractions": (1 - doc_kept.mean(0) / pruner.width).round(4).tolist(),
+            "std_fractions": (doc_kept.std(0) / pruner.width).round(4).tolist(),
+        }
+        print_table(matched, dense, arms)
     result = {
         "agent": str(agent_path),
         "task": cfg.data.dataset,
         "split": cfg.data.eval_split,
         "max_length": cfg.env.max_length,
         "num_items": len(items),
-        "summary": summary,
-        "mean_fractions": policy.mean(0).tolist(),
-        "std_fractions": policy.std(0).tolist(),
-        "items": per_item,
+        "profile": profile,
+        "dense": dense,
+        "sweep": sweep,
+        "policy_profiles": profiles,
     }
     run_dir = new_run_dir(cfg, "eval")
     write_json(run_dir / "eval.json", result)
-    plot_profile(policy, run_dir / "profile.png")
-    plot_sparsity_vs_metric(result, run_dir / "sparsity_vs_metric.png")
-    print_table(summary)
+    plot_sweep(result, run_dir / "sweep.png")
+    mid = sweep[len(sweep) // 2]["target"]
+    mid_kept = policy_kept(agent, ev.doc_obs, mid if action_map.budget else None, action_map)
+    plot_profile(1 - mid_kept / pruner.width, run_dir / "profile.png")
     print(f"wrote {run_dir / 'eval.json'}")
-    print(json.dumps({"run": str(run_dir), **{arm: summary[arm] for arm in ARMS}}))
+    print(json.dumps({"run": str(run_dir), "sweep": headline(result)}))
     return result
 
 
-def print_table(summary: dict[str, dict[str, float]]) -> None:
-    keys = [k for k in summary["policy"] if k != "sparsity"]
-    print(f"{'allocation':<14}{'sparsity':>10}" + "".join(f"{k:>18}" for k in keys))
-    for arm, row in summary.items():
-        print(f"{arm:<14}{row['sparsity']:>10.4f}" + "".join(f"{row[k]:>18.4f}" for k in keys))
+def searched_kept(path: Path, target: float, n_layers: int, pruner: Pruner) -> np.ndarray | None:
+    """The profile's allocation at `target` (None if it has none there), exactly on target."""
+    fractions = read_profile(path, n_layers, round(target, 6), missing_ok=True)
+    if fractions is None:
+        return None
+    return project_to_target(fractions, target, pruner.width, pruner.align)
+
+
+def metric_name(row: dict) -> str:
+    return (
+        "acc"
+        if "acc" in row
+        else "word_perplexity"
+        if "word_perplexity" in row
+        else next(k for k in row if k != "sparsity")
+    )
+
+
+def headline(result: dict) -> list[dict]:
+    """Target -> arm -> main metric, for the final JSON line."""
+    key = metric_name(result["dense"])
+    return [
+        {"target": round(s["target"], 4)} | {a: round(r[key], 4) for a, r in s["arms"].items()}
+        for s in result["sweep"]
+    ]
+
+
+def print_table(target: float, dense: dict, arms: dict[str, dict]) -> None:
+    key = metric_name(dense)
+    print(f"\ntarget sparsity {target:.3f}")
+    print(f"{'allocation':<16}{'sparsity':>10}{key:>18}")
+    for arm, row in {"dense": dense, **arms}.items():
+        print(f"{arm:<16}{row['sparsity']:>10.4f}{row[key]:>18.4f}")
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
+    limit = check_limit(args.limit)
     runs_dir = resolve_path(cfg.train.runs_dir)
     spec = args.agent or cfg.eval.agent
     agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
     if not agent_path.is_file():
         raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
     models = load_models(cfg.model)
-    evaluate_agent(cfg, models, make_pruner(cfg, models), agent_path, args.limit)
+    evaluate_agent(cfg, models, make_pruner(cfg, models), agent_path, limit, args.profile)
     return 0

@@ -27,18 +27,20 @@ def plot_profile(fractions: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_sparsity_vs_metric(result: dict[str, Any], path: Path) -> None:
-    """Per-item sparsity vs metric for the policy and the baselines."""
-    metric = "accuracy" if result["task"] == "mmlu" else "word perplexity"
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for arm, marker in (("policy", "o"), ("dense", "s"), ("uniform_item", "^")):
-        xs = [it[f"{arm}_sparsity"] for it in result["items"]]
-        ys = [it[f"{arm}_metric"] for it in result["items"]]
-        ax.scatter(xs, ys, marker=marker, alpha=0.7, label=arm.replace("_", " "))
-    if result["task"] != "mmlu":
+def plot_sweep(result: dict[str, Any], path: Path) -> None:
+    """Main metric vs MLP sparsity, one curve per arm, the dense model as a line."""
+    key = "acc" if result["task"] == "mmlu" else "word_perplexity"
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    arms = sorted({arm for s in result["sweep"] for arm in s["arms"]})
+    for arm in arms:
+        points = [s["arms"][arm] for s in result["sweep"] if arm in s["arms"]]
+        xs, ys = [p["sparsity"] for p in points], [p[key] for p in points]
+        ax.plot(xs, ys, marker="o", label=arm.replace("_", " "))
+    ax.axhline(result["dense"][key], color="black", lw=0.8, ls="--", label="dense")
+    if key != "acc":
         ax.set_yscale("log")
-    ax.set(xlabel="MLP sparsity", ylabel=metric, title="Per-item sparsity vs quality")
-    ax.legend()
+    ax.set(xlabel="MLP sparsity", ylabel=key.replace("_", " "), title="Matched-sparsity sweep")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

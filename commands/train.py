@@ -140,15 +140,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if resume is not None:
         check_same_config(cfg, resume)
     seed_everything(cfg.seed)
-    models = load_models(cfg.model)
-    pruner = make_pruner(cfg, models)
+    in_process = cfg.train.devices is None  # else each GPU worker loads its own model
+    models = load_models(cfg.model, llm=in_process)
+    pruner = make_pruner(cfg, models) if in_process else None
     items = training_items(cfg, models.tokenizer)
     embeddings = observations(models, cfg.data, [item.text for item in items])
-    in_process = pruner if cfg.train.devices is None else None  # else: one model per GPU worker
-    env = make_vec_env(cfg, in_process, models.tokenizer, items, embeddings)
+    env = make_vec_env(cfg, pruner, models.tokenizer, items, embeddings)
     gc.freeze()  # the model's objects never die: keep the collector off them (steadier steps)
-    agent, run_dir = start_or_resume(cfg, env, resume, embeddings.shape[1], pruner.llm.n_layers)
-    print(f"run folder: {run_dir}  ({len(items)} training items, {pruner.llm.n_layers} layers)")
+    obs_dim, n_layers = env.observation_space.shape[0], env.action_space.shape[0]
+    agent, run_dir = start_or_resume(cfg, env, resume, obs_dim, n_layers)
+    print(f"run folder: {run_dir}  ({len(items)} training items, {n_layers} layers)")
     progress = ProgressCallback(cfg.train.total_steps)
     checkpoints = CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every)
     start = time.perf_counter()
@@ -163,5 +164,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.train.eval_after:
         from commands.evaluate import evaluate_agent
 
+        if pruner is None:
+            models = load_models(cfg.model)
+            pruner = make_pruner(cfg, models)
         evaluate_agent(cfg, models, pruner, final)
     return 0

@@ -64,16 +64,20 @@ def sparsity_of(kept: np.ndarray, width: int) -> np.ndarray | float:
     return float(out) if np.ndim(out) == 0 else out
 
 
-def target_blocks(target: float, n_layers: int, width: int, align: int) -> int:
-    """Total kept `align`-blocks for MLP sparsity `target`; ValueError if out of (0, 1)."""
+def target_blocks(
+    target: float | np.ndarray, n_layers: int, width: int, align: int
+) -> int | np.ndarray:
+    """Total kept `align`-blocks for MLP sparsity `target` [...]; ValueError if out of (0, 1)."""
     check_align(width, align)
-    if not 0.0 < target < 1.0:
+    t = np.asarray(target, dtype=np.float64)
+    if not ((t > 0.0) & (t < 1.0)).all():
         raise ValueError(f"target sparsity must be in (0, 1), got {target}")
-    return int(round((1.0 - target) * n_layers * width / align))
+    blocks = np.rint((1.0 - t) * n_layers * width / align).astype(np.int64)
+    return int(blocks) if blocks.ndim == 0 else blocks
 
 
 def project_to_target(
-    fractions: ArrayLike, target: float, width: int, align: int = 8
+    fractions: ArrayLike, target: float | np.ndarray, width: int, align: int = 8
 ) -> np.ndarray:
     """Kept counts [..., n_layers] closest to `fractions` whose total meets `target` exactly.
 
@@ -81,13 +85,14 @@ def project_to_target(
     (the Euclidean projection onto {f in [0, 1]^L : mean(f) = target}), then round to
     `align` blocks by largest remainder. The total kept is exactly `target_blocks(...)` blocks,
     i.e. the target to within one `align` block over the whole model, and each layer is
-    within one block of its projected fraction.
+    within one block of its projected fraction. `target` is one number or one per row [...].
     """
     frac = np.asarray(fractions, dtype=np.float64)
     n_layers = frac.shape[-1]
     frac = check_fractions(frac, n_layers)
     per_layer = width // align  # blocks in a full layer
-    total = target_blocks(target, n_layers, width, align)
+    total = np.asarray(target_blocks(target, n_layers, width, align))
+    total = np.broadcast_to(total, frac.shape[:-1])[..., None]  # [..., 1]
     # Bisection on the common shift d in [-1, 1]: mean(clip(f - d, 0, 1)) falls as d grows.
     lo = np.full(frac.shape[:-1] + (1,), -1.0)
     hi = np.full_like(lo, 1.0)

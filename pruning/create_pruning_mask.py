@@ -1,4 +1,4 @@
-"""Keep-masks from per-layer importance orderings, and the importance JSON file format.
+"""Per-layer importance orderings: the JSON file format, validation, and keep-masks from counts.
 
 JSON: {"model", "criterion", "num_samples", "num_tokens", "date", "n_layers", "intermediate_size",
 "orderings": [[neuron ids, most important first] per layer], optional "scores": [[...] per layer]}.
@@ -14,23 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-
-def _check_align(width: int, align: int) -> None:
-    if align < 1 or width % align:
-        raise ValueError(f"align must be >= 1 and divide the width {width}, got {align}")
-
-
-def kept_count(fraction: float, width: int, align: int = 8) -> int:
-    """Neurons kept when pruning `fraction` of `width`.
-
-    (1 - fraction) * width rounded to the nearest multiple of `align` (ties to even, like Python's
-    round), clipped to [0, width]; align=1 gives exactly round((1 - fraction) * width).
-    """
-    _check_align(width, align)
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    return min(max(align * round((1 - fraction) * width / align), 0), width)
 
 
 def validate_orderings(orderings: torch.Tensor, n_layers: int, width: int) -> None:
@@ -83,70 +66,8 @@ def read_importance_json(
     )
 
 
-class TopKMasks:
-    """mask_fn keeping layer l's top `top_k[l]` neurons of `orderings` ([n_layers, d_ff]).
-
-    Masks are built only when called; PrunableLLM reads `orderings` and `top_k` directly (and
-    builds no mask at all) when the orderings are its own neuron order.
-    """
-
-    __slots__ = ("orderings", "top_k", "_ranks")
-
-    def __init__(self, orderings: torch.Tensor, ranks: torch.Tensor, top_k: list[int]) -> None:
-        self.orderings = orderings  # [n_layers, d_ff] original ids, most important first
-        self.top_k = top_k  # [n_layers] neurons kept per layer
-        self._ranks = ranks  # [n_layers, d_ff] rank of neuron j in its layer
-
-    def __call__(self, layer: int) -> torch.Tensor:
-        return self._ranks[layer] < self.top_k[layer]
-
-
-class PruningMaskGenerator:
-    """Keep-masks that keep each layer's top-`kept_count` neurons of an importance ordering."""
-
-    def __init__(self, orderings: torch.Tensor | Sequence[Sequence[int]], align: int = 8) -> None:
-        order = torch.as_tensor(orderings, dtype=torch.long).cpu()  # [n_layers, d_ff]
-        if order.ndim != 2:
-            raise ValueError(f"orderings must be 2-D [n_layers, d_ff], got {tuple(order.shape)}")
-        self.n_layers, self.width = order.shape
-        validate_orderings(order, self.n_layers, self.width)
-        _check_align(self.width, align)
-        self.align = align
-        self.orderings = order
-        self._ranks = torch.empty_like(order)  # [n_layers, d_ff] rank of neuron j in its layer
-        self._ranks.scatter_(1, order, torch.arange(self.width).expand_as(order))
-
-    @classmethod
-    def from_json(
-        cls, path: Path, n_layers: int, intermediate_size: int, align: int = 8
-    ) -> PruningMaskGenerator:
-        return cls(read_importance_json(path, n_layers, intermediate_size).orderings, align)
-
-    def keep_counts(self, fractions: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Vectorized `kept_count` for one fraction per layer -> int64 [n_layers]."""
-        frac = np.asarray(fractions, dtype=np.float64)
-        if frac.shape != (self.n_layers,):
-            raise ValueError(f"expected {self.n_layers} fractions, got shape {frac.shape}")
-        bad = np.flatnonzero(~((frac >= 0) & (frac <= 1)))  # also catches NaN
-        if len(bad):
-            raise ValueError(f"layer {bad[0]}: fraction must be in [0, 1], got {frac[bad[0]]}")
-        # np.rint rounds ties to even, like the scalar kept_count, and uses the same float64 ops.
-        kept = self.align * np.rint((1 - frac) * self.width / self.align)
-        return np.clip(kept, 0, self.width).astype(np.int64)
-
-    def get_pruning_mask(self, fraction: float, layer: int) -> torch.Tensor:
-        """Bool [d_ff] mask (True = keep) for one layer, in original neuron indices."""
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer}: out of range [0, {self.n_layers})")
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"layer {layer}: fraction must be in [0, 1], got {fraction}")
-        return self._ranks[layer] < kept_count(fraction, self.width, self.align)
-
-    def get_pruning_masks(self, fractions: np.ndarray | Sequence[float]) -> torch.Tensor:
-        """Bool [n_layers, d_ff] masks for one fraction per layer."""
-        kept = torch.from_numpy(self.keep_counts(fractions))
-        return self._ranks < kept[:, None]
-
-    def mask_fn(self, fractions: np.ndarray | Sequence[float]) -> TopKMasks:
-        """Lazy mask_fn for one fraction per layer (validated now)."""
-        return TopKMasks(self.orderings, self._ranks, self.keep_counts(fractions).tolist())
+def keep_masks(orderings: torch.Tensor, kept: np.ndarray | Sequence[int]) -> torch.Tensor:
+    """Bool keep-masks [n_layers, d_ff] in original neuron ids: layer l keeps its top kept[l]."""
+    ranks = torch.empty_like(orderings)  # [n_layers, d_ff] rank of neuron j in its layer
+    ranks.scatter_(1, orderings, torch.arange(orderings.shape[1]).expand_as(orderings))
+    return ranks < torch.as_tensor(np.asarray(kept), dtype=torch.long)[:, None]

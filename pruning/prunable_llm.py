@@ -1,9 +1,10 @@
 """Reversible, zero-copy pruning of the MLP neurons of a LLaMA-layout causal LM.
 
-Pruning never moves or modifies the original weights: each MLP Linear gets a new Parameter made
-of the kept neurons, and undo re-assigns the original Parameter objects (exact by construction).
-After `reorder()` sorts each layer's neurons by importance, a mask that keeps the top-k neurons
-is a leading prefix, so the pruned weights are plain views (`W_gate[:k]`, `W_down[:, :k]`).
+Pruning never moves or modifies the original weights: each MLP Linear gets new weights made of
+the kept neurons, and undo re-assigns the original Parameter objects (exact by construction).
+The wrapper sorts each layer's neurons by importance once, when it is built; an allocation is
+then just `kept[n_layers]`, the number of leading neurons each layer keeps, and the pruned
+weights are plain views (`W_gate[:k]`, `W_down[:, :k]`): nothing is copied.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from pruning.allocation import check_kept
+from pruning.create_pruning_mask import validate_orderings
+
 MaskFn = Callable[[int], torch.Tensor]  # layer index -> bool [d_ff], True = keep, original indices
+Kept = Sequence[int] | np.ndarray | torch.Tensor  # [n_layers] leading neurons kept per layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +77,6 @@ def _read_dims(mlps: list[tuple[nn.Linear, nn.Linear, nn.Linear]]) -> Dims:
     return Dims(n_layers=len(mlps), hidden_size=hidden, intermediate_size=d_ff)
 
 
-def _check_orderings(orderings: torch.Tensor, dims: Dims) -> None:
-    expected = (dims.n_layers, dims.intermediate_size)
-    if tuple(orderings.shape) != expected:
-        raise ValueError(f"orderings must have shape {expected}, got {tuple(orderings.shape)}")
-    arange = torch.arange(dims.intermediate_size)
-    bad = (orderings.sort(dim=1).values != arange).any(dim=1).nonzero().flatten()
-    if len(bad):
-        raise ValueError(f"layer {int(bad[0])}: ordering is not a permutation of 0..d_ff-1")
-
-
 def _kept_weights(
     gate: nn.Parameter, up: nn.Parameter, down: nn.Parameter, k: int, idx: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,8 +97,10 @@ def _set_weight(lin: nn.Linear, weight: torch.Tensor) -> None:
 class PrunableLLM:
     """Wraps a LLaMA-layout HF model; forwards attributes, calls and `generate` to it.
 
-    `prune(mask_fn)` removes, in every layer at once, the gate/up rows and down columns of the
-    neurons whose mask entry is False; `undo_prune()` restores the original Parameters.
+    `orderings` [n_layers, d_ff] (original neuron ids, most important first) fix the neuron order
+    once, here. `prune(kept)` then keeps each layer's first `kept[l]` neurons (views);
+    `prune(mask_fn)` takes arbitrary keep-masks in original ids (a mask that is an importance
+    prefix becomes a count, anything else is gathered). `undo_prune()` restores the originals.
     """
 
     def __init__(self, model: nn.Module, orderings: torch.Tensor | None = None) -> None:
@@ -113,9 +111,8 @@ class PrunableLLM:
         self._order: torch.Tensor | None = None  # [n_layers, d_ff] original id at each position
         self._ranks = torch.arange(d_ff).expand(self.dims.n_layers, d_ff)  # position of neuron j
         self._undo: UndoPack | None = None
-        self._verified_order: torch.Tensor | None = None  # a caller's tensor equal to _order
         if orderings is not None:
-            self.reorder(orderings)
+            self._reorder(orderings)
 
     # ---- behave like the wrapped model -------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -180,31 +177,30 @@ class PrunableLLM:
         return None if self._order is None else self._order.clone()
 
     # ---- neuron order --------------------------------------------------------------------------
-    def reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
+    def _reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
         """Permute neurons in place so position i of layer l holds original neuron orderings[l][i].
 
         gate/up rows and down columns get the same permutation, so the function is unchanged.
-        Orderings are always in original indices, also when the model is already reordered.
         """
         if self._undo is not None:
             raise ValueError("cannot reorder a pruned model; call undo_prune() first")
         if not isinstance(orderings, torch.Tensor):
             orderings = torch.stack([torch.as_tensor(o) for o in orderings])
         order = orderings.to(device="cpu", dtype=torch.long, copy=True)
-        _check_orderings(order, self.dims)
+        validate_orderings(order, self.dims.n_layers, self.dims.intermediate_size)
         relative = torch.gather(self._ranks, 1, order)  # [n_layers, d_ff] current pos to take
         self._permute_in_place(relative)
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
         self._ranks = ranks
         self._order = order
-        self._verified_order = None
 
     def restore_order(self) -> None:
-        """Undo `reorder`: parameters become bit-identical to the original layout."""
+        """Put the neurons back in their original order: parameters become bit-identical to the
+        model as it was wrapped (e.g. before saving it). Kept counts then mean original ids."""
         if self._order is None:
             return
-        self.reorder(torch.arange(self.dims.intermediate_size).expand(self.dims.n_layers, -1))
+        self._reorder(torch.arange(self.dims.intermediate_size).expand(self.dims.n_layers, -1))
         self._order = None
 
     @torch.no_grad()
@@ -221,14 +217,18 @@ class PrunableLLM:
     # ---- pruning -------------------------------------------------------------------------------
     def prune(
         self,
-        mask_fn: MaskFn,
+        allocation: Kept | MaskFn,
         storage: Literal["cpu", "gpu"] = "gpu",
         cast_dtype: torch.dtype | None = None,
     ) -> UndoPack:
-        """Prune all layers at once; `mask_fn(layer)` gives a bool [d_ff] keep-mask (original ids).
+        """Prune all layers at once.
 
-        While pruned, the MLP weights are plain tensors (views of a prefix, else gathered copies),
-        not Parameters; don't train, move or cast the model until `undo_prune()`.
+        `allocation` is either kept counts [n_layers] (layer l keeps its first kept[l] neurons in
+        importance order: views, the fast path) or a `mask_fn(layer)` giving a bool [d_ff]
+        keep-mask in original neuron ids (the general path: an importance prefix becomes a count,
+        anything else is gathered). While pruned, the MLP weights are plain tensors (views of a
+        prefix, else gathered copies), not Parameters; don't train, move or cast the model until
+        `undo_prune()`.
         `storage` and `cast_dtype` are accepted for compatibility with the copy-out design, where
         they chose where/in which dtype the removed slices were kept; here nothing is copied out,
         so they are only validated and recorded. All masks are validated before any layer changes.
@@ -238,7 +238,7 @@ class PrunableLLM:
             raise ValueError(f"already pruned (layers {pruned}); call undo_prune() first")
         if storage not in ("cpu", "gpu"):
             raise ValueError(f"storage must be 'cpu' or 'gpu', got {storage!r}")
-        n_kept, gather_idx = self._plan(mask_fn)
+        n_kept, gather_idx = self._plan(allocation)
         d_ff = self.dims.intermediate_size
         entries, weights = [], []
         with torch.no_grad():
@@ -284,48 +284,27 @@ class PrunableLLM:
     @contextlib.contextmanager
     def pruned(
         self,
-        mask_fn: MaskFn,
+        allocation: Kept | MaskFn,
         storage: Literal["cpu", "gpu"] = "gpu",
         cast_dtype: torch.dtype | None = None,
     ) -> Iterator[PrunableLLM]:
-        """`with llm.pruned(mask_fn): ...` prunes for the body and always undoes afterwards."""
-        self.prune(mask_fn, storage=storage, cast_dtype=cast_dtype)
+        """`with llm.pruned(kept): ...` prunes for the body and always undoes afterwards."""
+        self.prune(allocation, storage=storage, cast_dtype=cast_dtype)
         try:
             yield self
         finally:
             self.undo_prune()
 
-    def _plan(self, mask_fn: MaskFn) -> tuple[list[int], dict[int, torch.Tensor]]:
+    def _plan(self, allocation: Kept | MaskFn) -> tuple[list[int], dict[int, torch.Tensor]]:
         """Kept count per layer, and kept positions (on device) of layers that are no prefix."""
-        top_k = self._top_k(mask_fn)
-        if top_k is not None:
-            return top_k, {}
-        masks = self._collect_masks(mask_fn)  # [n_layers, d_ff] bool, CPU
+        if not callable(allocation):
+            kept = allocation.cpu().numpy() if torch.is_tensor(allocation) else allocation
+            return check_kept(kept, self.dims.n_layers, self.dims.intermediate_size).tolist(), {}
+        masks = self._collect_masks(allocation)  # [n_layers, d_ff] bool, CPU
         n_kept_t = masks.sum(dim=1)  # [n_layers]
         is_prefix = ((self._ranks < n_kept_t[:, None]) == masks).all(dim=1)
         n_kept = n_kept_t.tolist()
         return n_kept, self._gather_indices(masks, n_kept, is_prefix.tolist())
-
-    def _top_k(self, mask_fn: MaskFn) -> list[int] | None:
-        """Counts of a mask_fn that keeps each layer's top `top_k[l]` neurons of `orderings`.
-
-        When those orderings are this model's neuron order every mask is a prefix, so no mask is
-        built or checked (a per-layer loop over d_ff-long tensors costs more than the prune).
-        """
-        orderings, top_k = getattr(mask_fn, "orderings", None), getattr(mask_fn, "top_k", None)
-        if not isinstance(orderings, torch.Tensor) or top_k is None or self._order is None:
-            return None
-        if orderings is not self._verified_order:
-            if not torch.equal(orderings, self._order):
-                return None
-            self._verified_order = orderings  # mask generators keep theirs fixed: check once
-        d_ff, counts = self.dims.intermediate_size, [int(k) for k in top_k]
-        if len(counts) != self.dims.n_layers:
-            raise ValueError(f"expected {self.dims.n_layers} top-k counts, got {len(counts)}")
-        for layer, k in enumerate(counts):
-            if not 0 <= k <= d_ff:
-                raise ValueError(f"layer {layer}: top-k count {k} outside [0, {d_ff}]")
-        return counts
 
     def _collect_masks(self, mask_fn: MaskFn) -> torch.Tensor:
         d_ff = self.dims.intermediate_size

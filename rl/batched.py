@@ -1,46 +1,55 @@
-"""Score several (item, per-layer mask) pairs in one forward pass.
+"""Score several (item, allocation) pairs together: the one scoring path of the project.
 
-Each sample gets its own keep-masks by multiplying the MLP activations (the input of `down_proj`)
-by a per-row 0/1 mask, which equals removing those neurons. The model is first pruned to the
-union of the samples' kept sets, so neurons no sample keeps cost nothing; with importance-ordered
-weights that union is a leading slice (views) and the forward pass shrinks with the least
-aggressive sample.
+`score` and `eval` (every arm), the search's fitness and the environment's step all call
+`score_samples`. Each sample s has its own kept counts kept[s] ([n_layers], leading neurons in
+importance order). The model is pruned to the union `kept.max(0)` (views), and a layer whose
+samples keep different counts multiplies row r's MLP activations (the input of `down_proj`) by
+`arange(union) < kept[sample of r]`, which equals removing those neurons. A layer every sample
+keeps alike gets no mask at all, so one allocation costs exactly one pruned forward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
+from pruning.allocation import sparsity_of
 from pruning.prunable_llm import PrunableLLM
-from rl.metrics import score_rows
-from rl.windows import Window, model_input
-
-
-def current_layout(model: PrunableLLM, masks: torch.Tensor) -> torch.Tensor:
-    """Masks in original neuron ids [..., n_layers, d_ff] -> the model's current neuron layout."""
-    order = model.permutation  # [n_layers, d_ff] original id at each position
-    if order is None:
-        return masks
-    return masks.gather(-1, order.expand(*masks.shape[:-2], -1, -1))
+from rl.metrics import score_requests
+from rl.windows import Window
 
 
 @contextlib.contextmanager
-def row_masks(model: PrunableLLM, keep: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Inside the body, scale layer l's MLP activations of row r by keep[l][r] ([rows, width_l])."""
+def row_masks(model: PrunableLLM, kept: np.ndarray) -> Iterator[Callable[[list[int]], None]]:
+    """Per-row activation masks for the layers where samples differ; kept [n_samples, n_layers].
+
+    Yields `select(row_samples)`: the next forward pass's row r belongs to sample row_samples[r].
+    """
+    union = kept.max(axis=0)  # [n_layers]
+    varying = np.flatnonzero((kept != union).any(axis=0)).tolist()
+    rows = {"index": None}  # [rows] sample of each row of the coming batch, on the device
     handles = []
     try:
-        for mlp_keep, decoder in zip(keep, model.model.layers, strict=True):
-            down = decoder.mlp.down_proj
-            scale = mlp_keep.to(device=down.weight.device, dtype=down.weight.dtype)[:, None, :]
+        for layer in varying:
+            down = model.model.layers[layer].mlp.down_proj
+            device, dtype = down.weight.device, down.weight.dtype
+            keep = torch.arange(int(union[layer])) < torch.from_numpy(kept[:, layer, None])
+            scale = keep.to(device=device, dtype=dtype)  # [n_samples, union_l]
 
             def hook(_module: torch.nn.Module, args: tuple, scale: torch.Tensor = scale) -> tuple:
-                return (args[0] * scale, *args[1:])
+                return (args[0] * scale[rows["index"]][:, None, :], *args[1:])
 
             handles.append(down.register_forward_pre_hook(hook))
-        yield
+        device = next(model.parameters()).device
+
+        def select(row_samples: list[int]) -> None:
+            if handles:  # nothing to do when every sample keeps the same neurons
+                rows["index"] = torch.tensor(row_samples, device=device)
+
+        yield select
     finally:
         for handle in handles:
             handle.remove()
@@ -50,39 +59,31 @@ def row_masks(model: PrunableLLM, keep: Sequence[torch.Tensor]) -> Iterator[None
 def score_samples(
     model: PrunableLLM,
     requests: Sequence[Sequence[Window]],
-    masks: torch.Tensor,
+    kept: np.ndarray | None,
+    batch_size: int = 8,
     max_length: int | None = None,
-) -> tuple[list[list[float]], list[float]]:
-    """Log-likelihood of each sample's requests under that sample's masks, in one forward pass.
+) -> tuple[list[list[float]], np.ndarray]:
+    """Log-likelihood of each sample's requests under that sample's allocation.
 
-    requests: per sample, (context, targets) windows; masks: [n_samples, n_layers, d_ff] bool keep
-    masks in original neuron ids. Returns (log-likelihood per request per sample, sparsity per
-    sample). Pruning is undone and hooks removed on exit, also on error.
+    requests: per sample, its (context, targets) windows; kept: [n_samples, n_layers] kept
+    counts, None = dense. Returns (log-likelihood per request per sample, sparsity [n_samples]).
+    The model is restored and the hooks removed on exit, also on error.
     """
-    n_samples = len(requests)
-    if masks.shape[:2] != (n_samples, model.n_layers):
-        raise ValueError(f"masks must be [{n_samples}, {model.n_layers}, d_ff], got {masks.shape}")
-    masks = masks.cpu()
-    union = masks.any(dim=0)  # [n_layers, d_ff], original ids
-    rows, wanted, row_sample = [], [], []
-    for s, sample in enumerate(requests):
-        row_of: dict[tuple[int, ...], int] = {}  # equal inputs of one sample share a row
-        for context, targets in sample:
-            key = tuple(model_input(context, targets, max_length))
-            if key not in row_of:
-                row_of[key] = len(rows)
-                rows.append(key)
-                row_sample.append(s)
-            wanted.append((row_of[key], list(targets)))
-    per_layer = current_layout(model, masks)  # [n_samples, n_layers, d_ff]
-    kept_cols = current_layout(model, union)  # [n_layers, d_ff]
-    owner = torch.tensor(row_sample)
-    keep = [per_layer[owner, layer][:, kept_cols[layer]] for layer in range(model.n_layers)]
-    with model.pruned(lambda layer: union[layer]), row_masks(model, keep):
-        sums = score_rows(model, rows, wanted).tolist()
-    out: list[list[float]] = []
+    n_samples, width = len(requests), model.intermediate_size
+    flat = [req for sample in requests for req in sample]
+    groups = [s for s, sample in enumerate(requests) for _ in sample]
+    if kept is None:
+        sums = score_requests(model, flat, batch_size, max_length, groups)
+        sparsity = np.zeros(n_samples)
+    else:
+        kept = np.asarray(kept, dtype=np.int64)
+        if kept.shape != (n_samples, model.n_layers):
+            raise ValueError(f"kept must be [{n_samples}, {model.n_layers}], got {kept.shape}")
+        with model.pruned(kept.max(axis=0)), row_masks(model, kept) as select:
+            sums = score_requests(model, flat, batch_size, max_length, groups, select)
+        sparsity = np.asarray(sparsity_of(kept, width), dtype=np.float64).reshape(n_samples)
+    out, start = [], 0
     for sample in requests:
-        out.append(sums[: len(sample)])
-        sums = sums[len(sample) :]
-    sparsity = (1.0 - masks.float().mean(dim=(1, 2))).tolist()
+        out.append(sums[start : start + len(sample)])
+        start += len(sample)
     return out, sparsity

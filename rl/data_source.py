@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from rl.mmlu import LETTERS, format_question
+from rl.windows import byte_count, word_count
+
 WIKITEXT_HUB = ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1")
 WIKITEXT_FILES = {
     "train": "wiki.train.raw",
@@ -25,7 +28,6 @@ WIKITEXT_FILES = {
 }
 MMLU_HUB = ("cais/mmlu", "all")
 MMLU_FOLDERS = {"test": "test", "validation": "val", "dev": "dev"}
-ANSWER_LETTERS = "ABCD"
 
 
 @dataclass(frozen=True)
@@ -120,22 +122,12 @@ def detokenize_wikitext(page: str) -> str:
     return s
 
 
-def count_words(text: str) -> int:
-    """Word count as lm-eval's word_perplexity denominator.
-
-    Trap: this is `re.split(r"\\s+")`, not `str.split()`: leading/trailing whitespace adds empty
-    "words" (every raw page starts with " = " and ends with newlines), and lm-eval counts on the
-    ORIGINAL page, not the detokenized text the model sees.
-    """
-    return len(re.split(r"\s+", text))
-
-
 def make_wiki_document(page: str) -> WikiDocument:
     return WikiDocument(
         text=detokenize_wikitext(page),
         original_text=page,
-        word_count=count_words(page),
-        byte_count=len(page.encode("utf-8")),
+        word_count=word_count(page),
+        byte_count=byte_count(page),
     )
 
 
@@ -159,8 +151,8 @@ def chunk_documents(
                 TextChunk(
                     text=text,
                     token_ids=window,
-                    word_count=count_words(text),
-                    byte_count=len(text.encode("utf-8")),
+                    word_count=word_count(text),
+                    byte_count=byte_count(text),
                     doc_index=doc_index,
                     chunk_index=chunk_index,
                 )
@@ -171,23 +163,17 @@ def chunk_documents(
 # ---------------------------------------------------------------- pure core: MMLU
 
 
-def format_mmlu_prompt(question: str, choices: Sequence[str]) -> str:
-    """lm-eval's MMLU zero-shot prompt: question stripped, lettered choices, 'Answer:'."""
-    lines = [question.strip()] + [f"{ANSWER_LETTERS[i]}. {c}" for i, c in enumerate(choices)]
-    return "\n".join([*lines, "Answer:"])
-
-
 def make_mmlu_question(
     question: str, choices: Sequence[str], answer: int, subject: str
 ) -> MMLUQuestion:
     if len(choices) != 4 or not 0 <= answer < 4:
         raise ValueError(f"MMLU item needs 4 choices and answer 0-3, got {choices!r}, {answer}")
     return MMLUQuestion(
-        text=format_mmlu_prompt(question, choices),
+        text=format_question(question, choices),
         question=question,
         choices=(choices[0], choices[1], choices[2], choices[3]),
         answer=answer,
-        answer_letter=ANSWER_LETTERS[answer],
+        answer_letter=LETTERS[answer],
         subject=subject,
     )
 
@@ -313,7 +299,7 @@ def read_mmlu_csv(file: Path, folder: str) -> list[MMLUQuestion]:
     with file.open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     return [
-        make_mmlu_question(q, [a, b, c, d], ANSWER_LETTERS.index(letter.strip()), subject)
+        make_mmlu_question(q, [a, b, c, d], LETTERS.index(letter.strip()), subject)
         for q, a, b, c, d, letter in rows
     ]
 

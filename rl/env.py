@@ -1,52 +1,143 @@
-"""Gymnasium environment: choose per-layer MLP pruning fractions for one input, get one reward."""
+"""The contextual bandit: see an input (and a target sparsity), prune each layer, get a reward.
+
+`PruningBandit` is the one step implementation: it turns (item, target, action) triples into
+allocations, scores them together (`rl.tasks.score_task`) against a cached dense baseline and
+pays rewards. `LLMPruningEnv` (Gymnasium, one item per step) and `rl.vec_env`'s batched VecEnv
+(n_envs items in one forward pass) are thin shells around it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
+from pruning.allocation import kept_counts, project_to_target, sparsity_of
+from pruning.prunable_llm import PrunableLLM
 from rl.reward import RewardFn
-
-MaskFn = Callable[[int], torch.Tensor]
-
-
-class ItemScorer(Protocol):
-    """Quality metric of each data item on the model as it is now (pruned or not)."""
-
-    def __len__(self) -> int: ...
-
-    def score(self, idx: int) -> float:
-        """Metric of item `idx`, e.g. its perplexity or 1.0 / 0.0 for a right / wrong answer."""
-        ...
-
-
-class PrunableModel(Protocol):
-    """The part of PrunableLLM the environment uses."""
-
-    @property
-    def n_layers(self) -> int: ...
-
-    @property
-    def sparsity(self) -> float: ...
-
-    @property
-    def is_pruned(self) -> bool: ...
-
-    def pruned(self, mask_fn: MaskFn) -> AbstractContextManager[Any]: ...
+from rl.tasks import Task, score_task
 
 
 def action_to_fractions(action: np.ndarray) -> np.ndarray:
-    """Map actions in [-1, 1] to pruning fractions in [0, 1]: (a + 1) / 2, clipped. [n_layers]"""
+    """Map actions in [-1, 1] to pruning fractions in [0, 1]: (a + 1) / 2, clipped. [..., L]"""
     action = np.asarray(action, dtype=np.float64)
     if not np.isfinite(action).all():
         raise ValueError(f"action must be finite, got {action}")
     return np.clip((action + 1.0) / 2.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ActionMap:
+    """How actions become allocations (kept counts per layer).
+
+    Trade-off mode (`targets=None`): the fractions (a + 1) / 2 are used as given, rounded to
+    `align`. Budget mode (`targets=(low, high)`): each episode draws a target MLP sparsity
+    uniformly from [low, high] (low == high: a fixed target); the policy sees it as the last
+    observation entry, and its fractions are projected onto that target exactly
+    (`pruning.allocation.project_to_target`).
+    """
+
+    n_layers: int
+    width: int
+    align: int
+    targets: tuple[float, float] | None = None
+
+    @property
+    def budget(self) -> bool:
+        return self.targets is not None
+
+    def sample_targets(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """[n] targets of new episodes (NaN in trade-off mode)."""
+        if self.targets is None:
+            return np.full(n, np.nan)
+        return rng.uniform(*self.targets, size=n)
+
+    def kept(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """actions [n, L] in [-1, 1], targets [n] -> kept counts [n, L]."""
+        fractions = action_to_fractions(actions)
+        if self.targets is None:
+            return kept_counts(fractions, self.width, self.align)
+        return project_to_target(fractions, targets, self.width, self.align)
+
+
+def observe(embeddings: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+    """Policy input: embeddings [n, dim], with the target appended in budget mode -> float32."""
+    if targets is None:
+        return np.array(embeddings, dtype=np.float32)
+    column = np.asarray(targets, dtype=np.float32).reshape(-1, 1)
+    return np.concatenate([embeddings, column], axis=1, dtype=np.float32)
+
+
+class PruningBandit:
+    """Scores (item, target, action) triples together and pays rewards; caches dense metrics."""
+
+    def __init__(
+        self,
+        model: PrunableLLM,
+        task: Task,
+        embeddings: np.ndarray,
+        action_map: ActionMap,
+        reward_fn: RewardFn,
+    ) -> None:
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # [n_items, dim]
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise ValueError(f"embeddings must be [n_items > 0, dim], got {embeddings.shape}")
+        if embeddings.shape[0] != len(task):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(task)} task items")
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings contain inf or NaN")
+        self.model, self.task, self.reward_fn = model, task, reward_fn
+        self.embeddings, self.action_map = embeddings, action_map
+        self.dense = np.full(len(task), np.nan)  # [n_items] metric of the unpruned model
+
+    @property
+    def n_items(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        dim = self.embeddings.shape[1] + self.action_map.budget
+        return spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, (self.action_map.n_layers,), np.float32)
+
+    def observe(self, indices: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return observe(self.embeddings[indices], targets if self.action_map.budget else None)
+
+    def dense_metrics(self, indices: Sequence[int]) -> np.ndarray:
+        """Unpruned metric of each item, scored once (all missing items in one call), cached."""
+        missing = sorted({int(i) for i in indices if np.isnan(self.dense[i])})
+        if missing:
+            if self.model.is_pruned:
+                raise RuntimeError("model is pruned; the dense baseline needs the full model")
+            lls, _ = score_task(self.model, self.task, missing, None)
+            for i, ll in zip(missing, lls, strict=True):
+                self.dense[i] = self.task.metric(i, ll)
+        return self.dense[np.asarray(indices, dtype=np.int64)]
+
+    def step(
+        self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L]."""
+        kept = self.action_map.kept(actions, targets)  # [n, L]
+        dense = self.dense_metrics(indices)
+        lls, _ = score_task(self.model, self.task, list(indices), kept)
+        sparsity = sparsity_of(kept, self.action_map.width)
+        rewards = np.zeros(len(indices), dtype=np.float32)
+        infos = []
+        for k, i in enumerate(indices):
+            metric = self.task.metric(int(i), lls[k])
+            rewards[k] = self.reward_fn(metric, float(dense[k]), float(sparsity[k]))
+            info = {"index": int(i), "metric": metric, "dense_metric": float(dense[k])}
+            info |= {"sparsity": float(sparsity[k]), "kept": kept[k], "target": float(targets[k])}
+            infos.append(info)
+        return rewards, infos
 
 
 class LLMPruningEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -54,109 +145,63 @@ class LLMPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
     `Box(-1, 1, (n_layers,), float32)`, n_layers read from the model. Action a_l becomes the
-    fraction (a_l + 1) / 2 of layer l's MLP neurons to prune, clipped to [0, 1]: -1 prunes
-    nothing, +1 prunes the whole MLP. `make_mask_fn` turns the fractions into a mask function,
-    so which neurons go is its choice.
+    fraction (a_l + 1) / 2 of layer l's MLP neurons to prune: -1 prunes nothing, +1 the whole
+    MLP. In budget mode the fractions are projected onto the episode's target sparsity
+    (`ActionMap`). Kept counts are multiples of `align`; the most important neurons stay.
 
     ## Observation Space
-    `Box(-inf, inf, (dim,), float32)`: the precomputed embedding of the current item, returned
-    as given (L2-normalised sentence embeddings already lie in [-1, 1]; no further scaling).
+    `Box(-inf, inf, (dim,), float32)`: the precomputed sentence embedding of the item; in budget
+    mode `dim + 1`, the last entry being the episode's target MLP sparsity.
 
     ## Rewards
-    `reward_fn(metric, dense_metric, sparsity)` in [-1, 1], where metric is the scorer's value
-    for the item on the pruned model, dense_metric the same on the unpruned model (computed once
-    per item, then cached) and sparsity the fraction of all MLP neurons the model reports pruned.
+    `reward_fn(metric, dense_metric, sparsity)`: the item's metric on the pruned model against
+    the same on the dense model (scored once per item, then cached) and the pruned fraction.
 
     ## Episode End
     Every episode is one step: `step` returns terminated=True, truncated=False. The observation
-    it returns is the same item's embedding (there is no next state); call `reset` for the next
-    item. The model is unpruned again when `step` returns or raises.
+    it returns is the same item's (there is no next state); call `reset` for the next item.
+    The model is unpruned again when `step` returns or raises.
 
     ## Info
-    `reset`: {"index"}. `step`: {"index", "metric", "dense_metric", "sparsity", "fractions"}.
-    `reset(options={"index": i})` pins item i, e.g. to evaluate every item in turn.
+    `reset`: {"index", "target"}. `step`: {"index", "target", "metric", "dense_metric",
+    "sparsity", "kept"}. `reset(options={"index": i, "target": t})` pins the item / target.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(
-        self,
-        model: PrunableModel,
-        scorer: ItemScorer,
-        embeddings: np.ndarray,
-        make_mask_fn: Callable[[np.ndarray], MaskFn],
-        reward_fn: RewardFn,
-    ) -> None:
+    def __init__(self, bandit: PruningBandit) -> None:
         super().__init__()
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # [n_items, dim]
-        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"embeddings must be [n_items > 0, dim], got {embeddings.shape}")
-        if embeddings.shape[0] != len(scorer):
-            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(scorer)} scorer items")
-        if not np.isfinite(embeddings).all():
-            raise ValueError("embeddings contain inf or NaN")
-        self._model = model
-        self._scorer = scorer
-        self._embeddings = embeddings
-        self._make_mask_fn = make_mask_fn
-        self._reward_fn = reward_fn
-        self._dense: dict[int, float] = {}
-        self._index: int | None = None
-        dim = embeddings.shape[1]
-        self.observation_space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, (model.n_layers,), np.float32)
-
-    @property
-    def n_items(self) -> int:
-        return self._embeddings.shape[0]
+        self.bandit = bandit
+        self.observation_space = bandit.observation_space
+        self.action_space = bandit.action_space
+        self._episode: tuple[int, float] | None = None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        if options is not None and "index" in options:
+        options = options or {}
+        if "index" in options:
             index = int(options["index"])
-            if not 0 <= index < self.n_items:
-                raise IndexError(f"index {index} outside [0, {self.n_items})")
+            if not 0 <= index < self.bandit.n_items:
+                raise IndexError(f"index {index} outside [0, {self.bandit.n_items})")
         else:
-            index = int(self.np_random.integers(self.n_items))
-        self._index = index
-        return self._observation(index), {"index": index}
+            index = int(self.np_random.integers(self.bandit.n_items))
+        if "target" in options:
+            target = float(options["target"])
+        else:
+            target = float(self.bandit.action_map.sample_targets(self.np_random, 1)[0])
+        self._episode = (index, target)
+        obs = self.bandit.observe(np.array([index]), np.array([target]))[0]
+        return obs, {"index": index, "target": target}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._index is None:
+        if self._episode is None:
             raise RuntimeError("call reset() before step(): each episode is a single step")
-        index = self._index
         if np.shape(action) != self.action_space.shape:
             raise ValueError(f"action shape {np.shape(action)} != {self.action_space.shape}")
-        fractions = action_to_fractions(action)  # [n_layers]
-        dense = self.dense_metric(index)
-        mask_fn = self._make_mask_fn(fractions)
-        with self._model.pruned(mask_fn):
-            metric = float(self._scorer.score(index))
-            sparsity = float(self._model.sparsity)
-        reward = float(self._reward_fn(metric, dense, sparsity))
-        self._index = None
-        info = {
-            "index": index,
-            "metric": metric,
-            "dense_metric": dense,
-            "sparsity": sparsity,
-            "fractions": fractions,
-        }
-        return self._observation(index), reward, True, False, info
-
-    def dense_metric(self, index: int) -> float:
-        """Metric of item `index` on the unpruned model; scored on first use, then cached."""
-        if index not in self._dense:
-            if self._model.is_pruned:
-                raise RuntimeError("model is pruned; the dense baseline needs the full model")
-            self._dense[index] = float(self._scorer.score(index))
-        return self._dense[index]
-
-    def precompute_dense(self) -> np.ndarray:
-        """Score every item not yet cached on the unpruned model. Returns [n_items] metrics."""
-        return np.array([self.dense_metric(i) for i in range(self.n_items)], dtype=np.float64)
-
-    def _observation(self, index: int) -> np.ndarray:
-        return self._embeddings[index].copy()  # [dim]; a copy so callers cannot edit the data
+        (index, target), self._episode = self._episode, None
+        indices, targets = np.array([index]), np.array([target])
+        rewards, infos = self.bandit.step(indices, targets, np.asarray(action)[None])
+        obs = self.bandit.observe(indices, targets)[0]
+        return obs, float(rewards[0]), True, False, infos[0]

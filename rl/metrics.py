@@ -8,7 +8,7 @@ perplexity aggregated over the corpus). The window arithmetic lives in `rl.windo
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -133,33 +133,40 @@ def score_requests(
     requests: Sequence[Window],
     batch_size: int = 8,
     max_length: int | None = None,
+    groups: Sequence[int] | None = None,
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> list[float]:
     """Sum of log p(targets | context) for each (context, targets) request, batched.
 
     Inputs are built as lm-eval does (`model_input`); requests whose input rows are identical
     (e.g. the four one-token MMLU letters after one prompt) share a single row. Rows are sorted
-    longest first so each batch pads little.
+    longest first so each batch pads little. `groups[i]` (e.g. which sample of a batched env a
+    request belongs to) keeps rows of different groups apart; `on_batch(row_groups)` is called
+    before each forward pass with the group of each of its rows (per-row pruning masks).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    row_of: dict[tuple[int, ...], int] = {}
+    row_of: dict[tuple[int, tuple[int, ...]], int] = {}
     owners: list[list[int]] = []  # [n_rows] -> request indices
     for i, (context, targets) in enumerate(requests):
         if not context or not targets:
             raise ValueError(f"request {i}: context and targets must be non-empty")
-        key = tuple(model_input(context, targets, max_length))
-        if len(targets) > len(key):
+        key = (0 if groups is None else groups[i], tuple(model_input(context, targets, max_length)))
+        if len(targets) > len(key[1]):
             raise ValueError(f"request {i}: {len(targets)} targets exceed max_length {max_length}")
         if key not in row_of:
             row_of[key] = len(owners)
             owners.append([])
         owners[row_of[key]].append(i)
-    rows = sorted(row_of, key=len, reverse=True)
+    rows = sorted(row_of, key=lambda key: len(key[1]), reverse=True)
     result = [0.0] * len(requests)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
+        if on_batch is not None:
+            on_batch([group for group, _ in batch])
         members = [(b, i) for b, key in enumerate(batch) for i in owners[row_of[key]]]
-        sums = score_rows(model, batch, [(b, list(requests[i][1])) for b, i in members])
+        wanted = [(b, list(requests[i][1])) for b, i in members]
+        sums = score_rows(model, [row for _, row in batch], wanted)
         for k, (_, i) in enumerate(members):
             result[i] = float(sums[k])
     return result
@@ -231,18 +238,18 @@ class PerplexityCalculator:
         if not docs:
             raise ValueError("evaluate() needs at least one document")
         results = self.loglikelihood([item_field(d, "text") for d in docs])
-        words, n_bytes = zip(*(_doc_counts(d) for d in docs), strict=True)
-        lls = [ll for ll, _ in results]
-        n_tokens = sum(n for _, n in results)
-        metrics: dict[str, float | int] = dict(aggregate(lls, words, n_bytes))
-        metrics["token_perplexity"] = token_perplexity(lls, [n for _, n in results])
-        metrics.update(max_length=self.max_length, num_docs=len(docs), num_tokens=n_tokens)
-        return metrics
+        return self.corpus_metrics(docs, [ll for ll, _ in results])
 
-    def token_perplexity(self, texts: Sequence[str]) -> float:
-        """exp(-sum ll / sum tokens) over `texts` (e.g. training windows)."""
-        results = self.loglikelihood(texts)
-        return token_perplexity([ll for ll, _ in results], [n for _, n in results])
+    def corpus_metrics(
+        self, docs: Sequence[Mapping[str, Any] | Any], loglik_sums: Sequence[float]
+    ) -> dict[str, float | int]:
+        """lm-eval's corpus aggregation of per-document log-likelihood sums (see `evaluate`)."""
+        words, n_bytes = zip(*(_doc_counts(d) for d in docs), strict=True)
+        n_tokens = [len(self.tokens(item_field(d, "text"))) for d in docs]
+        metrics: dict[str, float | int] = dict(aggregate(loglik_sums, words, n_bytes))
+        metrics["token_perplexity"] = token_perplexity(loglik_sums, n_tokens)
+        metrics.update(max_length=self.max_length, num_docs=len(docs), num_tokens=sum(n_tokens))
+        return metrics
 
 
 def _doc_counts(doc: Mapping[str, Any] | Any) -> tuple[int, int]:

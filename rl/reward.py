@@ -114,14 +114,51 @@ class CorrectnessReward:
         return f"CorrectnessReward(quality_weight={self.quality_weight})"
 
 
-REWARDS: dict[str, type[PerplexityReward] | type[CorrectnessReward]] = {
-    "perplexity": PerplexityReward,
-    "correctness": CorrectnessReward,
-}
+class LogPerplexityRatioReward:
+    """Budget mode (the sparsity is fixed by the target): quality only, relative to dense.
+
+        reward = -log(ppl / dense_ppl), clipped to [-clip, clip]
+
+    0 for the dense model's quality, negative for a worse one; additive over items (a sum of
+    rewards is the log of a product of perplexity ratios) and free of the scale of each item's
+    own perplexity. A broken model (inf / NaN perplexity) scores -clip.
+    """
+
+    def __init__(self, clip: float = 10.0) -> None:
+        self.clip = float(clip)
+
+    def __call__(self, metric: float, dense_metric: float, sparsity: float) -> float:
+        del sparsity  # fixed by the target in budget mode
+        if not (math.isfinite(dense_metric) and dense_metric > 0.0):
+            raise ValueError(f"dense perplexity must be positive and finite, got {dense_metric}")
+        if not (math.isfinite(metric) and metric > 0.0):
+            return -self.clip
+        return min(max(-math.log(metric / dense_metric), -self.clip), self.clip)
+
+    def __repr__(self) -> str:
+        return f"LogPerplexityRatioReward(clip={self.clip})"
 
 
-def make_reward(name: str, quality_weight: float) -> RewardFn:
-    """Reward by registry name, e.g. make_reward("perplexity", 0.5)."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose from {sorted(REWARDS)}")
-    return REWARDS[name](quality_weight)
+class CorrectnessChangeReward:
+    """Budget mode for correctness: pruned minus dense correctness, in [-1, 1] (0 = unchanged)."""
+
+    def __call__(self, metric: float, dense_metric: float, sparsity: float) -> float:
+        del sparsity  # fixed by the target in budget mode
+        q = 0.0 if math.isnan(metric) else float(metric)
+        return q - float(dense_metric)
+
+    def __repr__(self) -> str:
+        return "CorrectnessChangeReward()"
+
+
+def make_reward(task: str, mode: str, quality_weight: float) -> RewardFn:
+    """Reward for a task ("perplexity" | "correctness") in a mode ("budget" | "tradeoff")."""
+    rewards = {
+        ("perplexity", "budget"): LogPerplexityRatioReward,
+        ("correctness", "budget"): CorrectnessChangeReward,
+        ("perplexity", "tradeoff"): lambda: PerplexityReward(quality_weight),
+        ("correctness", "tradeoff"): lambda: CorrectnessReward(quality_weight),
+    }
+    if (task, mode) not in rewards:
+        raise ValueError(f"no reward for task {task!r} in mode {mode!r}")
+    return rewards[task, mode]()

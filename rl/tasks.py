@@ -1,47 +1,52 @@
-"""Item scorers: the task metric of one item on the model as it is now (pruned or not).
+"""Tasks: what is scored for each item, and how log-likelihoods become metrics.
 
-A scorer splits scoring in two so that the batched path can share one forward pass between
-items: `requests(i)` gives the (context, targets) token windows to score, `metric(i, logliks)`
-turns their log-likelihoods into the item's metric. `score(i)` does both on the current model.
+A task splits scoring so that `rl.batched.score_samples` can share forward passes between items
+and allocations: `requests(i)` gives the (context, targets) token windows of item i,
+`metric(i, logliks)` turns their log-likelihoods into the item's metric (the reward's input),
+and `summary(indices, logliks)` aggregates items into the reported metrics (corpus word
+perplexity as lm-eval, accuracy). `score_task` scores items of a task under allocations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import torch
+import numpy as np
 
-from rl.metrics import score_requests
+from pruning.prunable_llm import PrunableLLM
+from rl.batched import score_samples
+from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.windows import Window, rolling_windows, safe_exp
+from rl.windows import Window, rolling_windows, safe_exp, token_perplexity
 
 
-class PerplexityScorer:
-    """Perplexity of token sequences: exp(-sum log-likelihood / denominator).
+class Task(Protocol):
+    max_length: int
+    batch_size: int
 
-    Training windows use their token count as denominator (token perplexity); WikiText
-    documents use the word count of the original page (lm-eval's word perplexity).
-    """
+    def __len__(self) -> int: ...
 
-    higher_is_better = False
+    def requests(self, idx: int) -> list[Window]: ...
+
+    def metric(self, idx: int, logliks: Sequence[float]) -> float: ...
+
+    def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict: ...
+
+
+class WindowTask:
+    """Token perplexity of training windows (token lists), each scored after `prefix_token`."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
         token_lists: Sequence[Sequence[int]],
-        denominators: Sequence[int],
         prefix_token: int,
         max_length: int,
         batch_size: int = 8,
     ) -> None:
-        if len(token_lists) != len(denominators):
-            raise ValueError(f"{len(token_lists)} token lists but {len(denominators)} counts")
-        self.model = model
-        self.max_length = max_length
-        self.batch_size = batch_size
+        self.max_length, self.batch_size = max_length, batch_size
         self._requests = [rolling_windows(list(t), prefix_token, max_length) for t in token_lists]
-        self._denominators = [max(int(d), 1) for d in denominators]
+        self._counts = [max(len(t), 1) for t in token_lists]
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -50,24 +55,42 @@ class PerplexityScorer:
         return self._requests[idx]
 
     def metric(self, idx: int, logliks: Sequence[float]) -> float:
-        return safe_exp(-sum(logliks) / self._denominators[idx])
+        return safe_exp(-sum(logliks) / self._counts[idx])
 
-    def score(self, idx: int) -> float:
-        reqs = self.requests(idx)
-        return self.metric(idx, score_requests(self.model, reqs, self.batch_size, self.max_length))
+    def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
+        counts = [self._counts[i] for i in indices]
+        return {"token_perplexity": token_perplexity([sum(ll) for ll in logliks], counts)}
 
 
-class MMLUScorer:
-    """Correctness (1.0 or 0.0) of one MMLU question under the calculator's scoring mode."""
+class DocumentTask:
+    """lm-eval's WikiText task: per-document word perplexity, corpus metrics as lm-eval."""
 
-    higher_is_better = True
+    def __init__(self, calculator: PerplexityCalculator, docs: Sequence[Any]) -> None:
+        self.calculator, self.docs = calculator, list(docs)
+        self.max_length, self.batch_size = calculator.max_length, calculator.batch_size
 
-    def __init__(self, calculator: MMLULoglikelihoodCalculator, items: Sequence[Any]) -> None:
-        self.calculator = calculator
-        self.model = calculator.model
-        self.max_length = calculator.max_length
-        self.batch_size = 8  # rows per forward pass: each question has at most 4
-        self.items = list(items)
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def requests(self, idx: int) -> list[Window]:
+        return self.calculator.windows(self.docs[idx].text)
+
+    def metric(self, idx: int, logliks: Sequence[float]) -> float:
+        return safe_exp(-sum(logliks) / max(self.docs[idx].word_count, 1))
+
+    def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
+        docs = [self.docs[i] for i in indices]
+        return self.calculator.corpus_metrics(docs, [sum(ll) for ll in logliks])
+
+
+class MMLUTask:
+    """Correctness (1.0 or 0.0) of MMLU questions under the calculator's scoring mode."""
+
+    def __init__(
+        self, calculator: MMLULoglikelihoodCalculator, items: Sequence[Any], batch_size: int = 8
+    ) -> None:
+        self.calculator, self.items = calculator, list(items)
+        self.max_length, self.batch_size = calculator.max_length, batch_size
 
     def __len__(self) -> int:
         return len(self.items)
@@ -79,5 +102,17 @@ class MMLUScorer:
         item = self.items[idx]
         return float(self.calculator.judge(item, self.requests(idx), list(logliks))["correct"])
 
-    def score(self, idx: int) -> float:
-        return float(self.calculator.score(self.items[idx])["correct"])
+    def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
+        correct = [self.metric(i, ll) for i, ll in zip(indices, logliks, strict=True)]
+        return {"acc": float(np.mean(correct)), "n": len(correct)}
+
+
+def score_task(
+    model: PrunableLLM, task: Task, indices: Sequence[int], kept: np.ndarray | None
+) -> tuple[list[list[float]], np.ndarray]:
+    """Log-likelihoods of items `indices` of `task`, item k under kept[k] ([n, n_layers] or
+    one [n_layers] allocation for all; None = dense). Returns (logliks per item, sparsity [n])."""
+    if kept is not None and np.ndim(kept) == 1:
+        kept = np.broadcast_to(kept, (len(indices), len(kept)))
+    requests = [task.requests(i) for i in indices]
+    return score_samples(model, requests, kept, task.batch_size, task.max_length)

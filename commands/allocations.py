@@ -1,0 +1,107 @@
+"""Allocations a user names on the command line, profile files, and the baseline allocations.
+
+Specs: `dense`, `uniform:F`, `F1,F2,...` (one prune fraction per layer), a JSON/YAML file with
+that list (or {"fractions": [...]}), or a profile file written by `search` (`--target` picks
+one of its targets when it holds several).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from config import ConfigError
+from pruning.allocation import kept_counts, project_to_target, uniform_at_target
+
+PROFILE_KEY = "profiles"  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"allocation value {value!r} is not a number") from None
+
+
+def read_profile(
+    path: Path, n_layers: int, target: float | None = None, missing_ok: bool = False
+) -> np.ndarray | None:
+    """Fractions [n_layers] of a search profile file at `target` (or its only target); a target
+    the file lacks is an error, or None with `missing_ok`."""
+    data = yaml.safe_load(path.read_text())
+    profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
+    if not profiles:
+        raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
+    if target is None:
+        if len(profiles) > 1:
+            have = [p["target"] for p in profiles]
+            raise ConfigError(f"profile file {path} holds targets {have}; pick one with --target")
+        chosen = profiles[0]
+    else:
+        matches = [p for p in profiles if abs(float(p["target"]) - target) < 1e-9]
+        if not matches and missing_ok:
+            return None
+        if not matches:
+            have = [p["target"] for p in profiles]
+            raise ConfigError(f"profile file {path} has no target {target}; it holds {have}")
+        chosen = matches[0]
+    return check_length(chosen["fractions"], n_layers, f"profile file {path}")
+
+
+def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.ndarray:
+    if not isinstance(values, list) or len(values) != n_layers:
+        got = len(values) if isinstance(values, list) else type(values).__name__
+        raise ConfigError(
+            f"{what} needs {n_layers} fractions (one per layer; is it for another model?), "
+            f"got {got}"
+        )
+    fractions = np.asarray([_number(v) for v in values], dtype=np.float64)
+    bad = np.flatnonzero(~((fractions >= 0) & (fractions <= 1)))
+    if len(bad):
+        layer = int(bad[0])
+        raise ConfigError(f"allocation fraction of layer {layer} is {fractions[layer]}; use [0,1]")
+    return fractions
+
+
+def parse_allocation(spec: str, n_layers: int, target: float | None = None) -> np.ndarray | None:
+    """None for dense, else one prune fraction per layer [n_layers]; ConfigError in one line."""
+    spec = spec.strip()
+    if spec == "dense":
+        return None
+    if spec.startswith("uniform:"):
+        return check_length([_number(spec.removeprefix("uniform:"))] * n_layers, n_layers)
+    if Path(spec).suffix in {".json", ".yml", ".yaml"}:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"allocation file {spec} does not exist")
+        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        if isinstance(values, dict) and PROFILE_KEY in values:
+            return read_profile(path, n_layers, target)
+        values = values.get("fractions", values) if isinstance(values, dict) else values
+        return check_length(values, n_layers)
+    return check_length([_number(v) for v in spec.split(",")], n_layers)
+
+
+def to_kept(fractions: np.ndarray | None, width: int, align: int) -> np.ndarray | None:
+    return None if fractions is None else kept_counts(fractions, width, align)
+
+
+def ends_dense(n_layers: int, n_ends: int = 2) -> np.ndarray:
+    """Fraction shape [n_layers] that keeps the first and last `n_ends` layers dense."""
+    shape = np.ones(n_layers)
+    shape[:n_ends] = shape[n_layers - n_ends :] = 0.0
+    return shape
+
+
+def baseline_kept(name: str, target: float, n_layers: int, width: int, align: int) -> np.ndarray:
+    """Static baselines at exactly `target`: 'uniform' or 'ends_dense' (first/last 2 dense)."""
+    if name == "uniform":
+        return uniform_at_target(target, n_layers, width, align)
+    if name == "ends_dense":
+        shape = ends_dense(n_layers)
+        fractions = np.minimum(shape * target * n_layers / shape.sum(), 1.0)
+        return project_to_target(fractions, target, width, align)
+    raise ValueError(f"unknown baseline {name!r}")
