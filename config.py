@@ -57,7 +57,7 @@ class EnvConfig(_Section):
     # and the reward is quality only; tradeoff: the policy picks the sparsity, the reward trades
     # quality_weight of quality against sparsity
     reward: Literal["budget", "tradeoff"] = "budget"
-    target_sparsity: float | tuple[float, float] | None = (0.1, 0.5)  # budget mode only
+    target_sparsity: float | list[float] | None = Field(default_factory=lambda: [0.1, 0.5])
     quality_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # tradeoff only: 1 = only quality
     importance_file: str | None = None  # neuron orderings; None = importance command output
     align: int = Field(default=8, gt=0)  # kept neurons per layer rounded to a multiple of this
@@ -72,7 +72,9 @@ class EnvConfig(_Section):
         t = self.target_sparsity
         if self.reward == "tradeoff" or t is None:
             return None
-        return (t, t) if isinstance(t, float | int) else (float(t[0]), float(t[1]))
+        if isinstance(t, float | int):
+            return (float(t), float(t))
+        return (float(t[0]), float(t[-1]))
 
     @model_validator(mode="after")
     def _check_targets(self) -> EnvConfig:
@@ -83,7 +85,8 @@ class EnvConfig(_Section):
                     "or set env.reward=tradeoff"
                 )
             low, high = self.targets
-            if not 0.0 < low <= high < 1.0:
+            pair = isinstance(self.target_sparsity, float | int) or len(self.target_sparsity) == 2
+            if not (pair and 0.0 < low <= high < 1.0):
                 raise ValueError(
                     f"env.target_sparsity={self.target_sparsity} must lie in (0, 1) with "
                     "low <= high; e.g. 0.3 or [0.1, 0.5]"

@@ -90,9 +90,12 @@ def to_kept(fractions: np.ndarray | None, width: int, align: int) -> np.ndarray 
 
 
 def ends_dense(n_layers: int, n_ends: int = 2) -> np.ndarray:
-    """Fraction shape [n_layers] that keeps the first and last `n_ends` layers dense."""
+    """Fraction shape [n_layers] that keeps the first and last `n_ends` layers dense (fewer
+    when the model is too shallow to prune anything else)."""
+    n_ends = min(n_ends, (n_layers - 1) // 2)
     shape = np.ones(n_layers)
-    shape[:n_ends] = shape[n_layers - n_ends :] = 0.0
+    shape[:n_ends] = 0.0
+    shape[n_layers - n_ends :] = 0.0
     return shape
 
 

@@ -19,7 +19,7 @@ from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
 from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.reward import RewardFn, make_reward
+from rl.reward import RewardFn, make_budget_reward, make_reward
 from rl.tasks import DocumentTask, MMLUTask, Task, WindowTask
 from rl.vec_env import BatchedPruningVecEnv
 
@@ -83,8 +83,10 @@ def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Ta
 
 def make_reward_fn(cfg: Config) -> RewardFn:
     """Correctness reward for MMLU, perplexity reward for WikiText; budget or trade-off."""
-    task = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
-    return make_reward(task, cfg.env.reward, cfg.env.quality_weight)
+    name = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
+    if cfg.env.reward == "budget":
+        return make_budget_reward(name)
+    return make_reward(name, cfg.env.quality_weight)
 
 
 def make_bandit(

@@ -67,9 +67,10 @@ def newest_agent(runs_dir: Path) -> Path:
 
 
 def policy_kept(
-    agent: Any, obs: np.ndarray, targets: np.ndarray, action_map: ActionMap
+    agent: Any, obs: np.ndarray, target: float | None, action_map: ActionMap
 ) -> np.ndarray:
-    """Deterministic policy allocations [n, n_layers] for embeddings [n, dim] at targets [n]."""
+    """Deterministic policy allocations [n, n_layers] for embeddings [n, dim] at `target`."""
+    targets = np.full(len(obs), np.nan if target is None else target)
     inputs = observe(obs, targets if action_map.budget else None)
     actions, _ = agent.predict(inputs, deterministic=True)
     return action_map.kept(actions, targets)
@@ -166,10 +167,7 @@ def evaluate_agent(
                 arms["searched"], _ = ev.per_item(searched)
         arms["policy_mean"], _ = ev.per_item(mean_profile(doc_kept, target, action_map))
         if ev.windows is not None:
-            n_win = len(ev.windows[1])
-            win_kept = policy_kept(
-                agent, ev.window_obs, np.full(n_win, target or np.nan), action_map
-            )
+            win_kept = policy_kept(agent, ev.window_obs, target, action_map)
             arms["policy_window"] = ev.per_window(win_kept)
         sweep.append({"target": matched, "arms": arms})
         profiles[f"{matched:.4f}"] = {

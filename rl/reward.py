@@ -151,14 +151,25 @@ class CorrectnessChangeReward:
         return "CorrectnessChangeReward()"
 
 
-def make_reward(task: str, mode: str, quality_weight: float) -> RewardFn:
-    """Reward for a task ("perplexity" | "correctness") in a mode ("budget" | "tradeoff")."""
-    rewards = {
-        ("perplexity", "budget"): LogPerplexityRatioReward,
-        ("correctness", "budget"): CorrectnessChangeReward,
-        ("perplexity", "tradeoff"): lambda: PerplexityReward(quality_weight),
-        ("correctness", "tradeoff"): lambda: CorrectnessReward(quality_weight),
-    }
-    if (task, mode) not in rewards:
-        raise ValueError(f"no reward for task {task!r} in mode {mode!r}")
-    return rewards[task, mode]()
+REWARDS: dict[str, type[PerplexityReward] | type[CorrectnessReward]] = {
+    "perplexity": PerplexityReward,
+    "correctness": CorrectnessReward,
+}
+BUDGET_REWARDS: dict[str, type[LogPerplexityRatioReward] | type[CorrectnessChangeReward]] = {
+    "perplexity": LogPerplexityRatioReward,
+    "correctness": CorrectnessChangeReward,
+}
+
+
+def make_reward(name: str, quality_weight: float) -> RewardFn:
+    """Trade-off reward by registry name, e.g. make_reward("perplexity", 0.5)."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose from {sorted(REWARDS)}")
+    return REWARDS[name](quality_weight)
+
+
+def make_budget_reward(name: str) -> RewardFn:
+    """Quality-only reward of budget mode (the target fixes the sparsity)."""
+    if name not in BUDGET_REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose from {sorted(BUDGET_REWARDS)}")
+    return BUDGET_REWARDS[name]()

@@ -11,6 +11,7 @@ from main import main
 from tests.fixtures import N_LAYERS, make_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
+ARMS = {"uniform", "ends_dense", "policy_mean", "policy_doc", "policy_window"}
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,26 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     assert json.loads((run / "train.json").read_text())["steps"] == 12
     capsys.readouterr()
     fails_cleanly(capsys, [*argv, "--set", "env.quality_weight=0.9"], "env.quality_weight changed")
-    assert main(["eval", "--config", str(project), "--agent", str(run / "agent_final.zip")]) == 0
-    summary = last_json(capsys)
-    assert set(summary) >= {"policy", "dense", "uniform_mean", "uniform_item"}
-    assert summary["dense"]["sparsity"] == 0
-    eval_run = Path(summary["run"])
-    assert (eval_run / "profile.png").is_file() and (eval_run / "sparsity_vs_metric.png").is_file()
-    items = json.loads((eval_run / "eval.json").read_text())["items"]
-    assert len(items) == 4 and len(items[0]["fractions"]) == N_LAYERS
+    agent = ["--agent", str(run / "agent_final.zip")]
+    assert main(["eval", "--config", str(project), *agent, "--set", "eval.targets=[0.25,0.5]"]) == 0
+    eval_run = Path(last_json(capsys)["run"])
+    result = json.loads((eval_run / "eval.json").read_text())
+    assert result["dense"]["sparsity"] == 0 and result["num_items"] == 4
+    for point, target in zip(result["sweep"], (0.25, 0.5), strict=True):
+        assert set(point["arms"]) == ARMS and point["target"] == target
+        for arm, row in point["arms"].items():  # every arm prunes exactly the target share
+            assert row["sparsity"] == pytest.approx(target, abs=8 / (N_LAYERS * 64)), arm
+    assert (eval_run / "profile.png").is_file() and (eval_run / "sweep.png").is_file()
+    assert len(result["policy_profiles"]["0.2500"]["mean_fractions"]) == N_LAYERS
+    # eval's arms and score share one scoring path: the same numbers on the same documents
+    assert main(["score", "--config", str(project)]) == 0
+    dense = last_json(capsys)
+    for key in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert dense[key] == pytest.approx(result["dense"][key], rel=1e-9, abs=0), key
+    assert main(["score", "--config", str(project), "uniform:0.25"]) == 0
+    uniform = last_json(capsys)
+    expected = result["sweep"][0]["arms"]["uniform"]["word_perplexity"]
+    assert uniform["word_perplexity"] == pytest.approx(expected, rel=1e-9, abs=0)
 
 
 def test_corrupt_or_mismatched_agent(
@@ -144,6 +157,7 @@ def test_mmlu_score_train_eval(
     dense = last_json(capsys)
     assert dense["task"] == "mmlu" and dense["n"] == 6 and 0 <= dense["acc"] <= 1
     assert main(["train", "--config", str(project), *mmlu, "--set", "train.total_steps=4"]) == 0
-    assert main(["eval", "--config", str(project), *mmlu]) == 0
-    summary = last_json(capsys)
-    assert all(0 <= summary[arm]["acc"] <= 1 for arm in ("policy", "dense", "uniform_mean"))
+    assert main(["eval", "--config", str(project), *mmlu, "--set", "eval.targets=[0.5]"]) == 0
+    (point,) = last_json(capsys)["sweep"]
+    assert point["target"] == 0.5 and set(point) == {"target", *ARMS} - {"policy_window"}
+    assert all(0 <= point[arm] <= 1 for arm in ARMS - {"policy_window"})

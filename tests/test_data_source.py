@@ -13,12 +13,12 @@ from rl.data_source import (
     WikiDocument,
     WikiTextDataSource,
     chunk_documents,
-    count_words,
     detokenize_wikitext,
-    format_mmlu_prompt,
     make_data_source,
     split_wikitext_pages,
 )
+from rl.mmlu import format_question
+from rl.windows import word_count
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKI = DATA / "wikitext-2-raw-v1"
@@ -110,7 +110,7 @@ def test_missing_file_message_names_file_and_fix(tmp_path: Path) -> None:
 
 def test_word_count_trap_counts_original_with_regex_split() -> None:
     page = " = T = \n \n a @-@ b , c . \n"
-    doc = WikiDocument(text="", original_text=page, word_count=count_words(page), byte_count=0)
+    doc = WikiDocument(text="", original_text=page, word_count=word_count(page), byte_count=0)
     # Empty fields at both ends count, and the @-@ / punctuation tokens count as words.
     assert doc.word_count == len(re.split(r"\s+", page)) == 11
     assert len(page.split()) == 9
@@ -166,7 +166,7 @@ def test_mmlu_csv_quoting_prompt_and_fields(tmp_path: Path) -> None:
     assert star.text == (
         "What, truly,\nis a star?\nA. gas\nB. rock, mostly\nC. ice\nD. plasma\nAnswer:"
     )
-    assert format_mmlu_prompt(" Q ", ["w", "x", "y", "z"]) == "Q\nA. w\nB. x\nC. y\nD. z\nAnswer:"
+    assert format_question(" Q ", ["w", "x", "y", "z"]) == "Q\nA. w\nB. x\nC. y\nD. z\nAnswer:"
     dev = MMLUDataSource(tmp_path, subjects="astronomy").dev_examples()
     assert list(dev) == ["astronomy"] and len(dev["astronomy"]) == 2
 

@@ -10,14 +10,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from pruning.create_pruning_mask import (
-    PruningMaskGenerator,
-    kept_count,
-    read_importance_json,
-    write_importance_json,
-)
+from pruning.allocation import kept_counts
+from pruning.create_pruning_mask import keep_masks, read_importance_json, write_importance_json
 from pruning.prunable_llm import PrunableLLM
-from rl.mask_adapter import FractionMaskAdapter
 from tests.fixtures import tiny_llama
 
 N_LAYERS, D_FF = 3, 64
@@ -105,7 +100,7 @@ def test_view_path_after_reorder(llm: PrunableLLM, ids: torch.Tensor) -> None:
     with zeroed(llm.wrapped, masks):
         ref = logits(llm, ids)
     originals = [layer.mlp.gate_proj.weight for layer in llm.model.layers]
-    llm.reorder(orderings)
+    llm = PrunableLLM(llm.wrapped, orderings)
     with llm.pruned(masks.__getitem__):
         assert [e.is_view for e in llm.undo_pack.entries] == [True, True]
         w = llm.model.layers[2].mlp.gate_proj.weight
@@ -121,7 +116,7 @@ def test_reorder_keeps_function_and_restore_is_exact(llm: PrunableLLM, ids: torc
     objects = [p for p in llm.parameters()]
     gen = torch.Generator().manual_seed(4)
     for _ in range(2):  # reordering twice composes correctly
-        llm.reorder([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+        llm._reorder([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
         assert torch.allclose(logits(llm, ids), ref, atol=1e-5)
     assert not torch.equal(
         llm.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"]
@@ -134,15 +129,17 @@ def test_reorder_keeps_function_and_restore_is_exact(llm: PrunableLLM, ids: torc
 
 def test_undo_is_bit_exact_after_many_cycles(llm: PrunableLLM, ids: torch.Tensor) -> None:
     gen = torch.Generator().manual_seed(5)
-    llm.reorder([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+    orderings = [torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)]
+    llm = PrunableLLM(llm.wrapped, torch.stack(orderings))
     before, objects, ref = snapshot(llm.wrapped), list(llm.parameters()), logits(llm, ids)
-    mask_gen = PruningMaskGenerator(llm.permutation, align=1)
-    for i in range(20):
-        if i % 2:
-            masks = random_masks(gen)
+    for i in range(30):
+        if i % 3 == 0:
+            llm.prune(random_masks(gen).__getitem__)  # gather path
+        elif i % 3 == 1:
+            llm.prune(torch.randint(0, D_FF + 1, (N_LAYERS,), generator=gen))  # counts: views
         else:
-            masks = mask_gen.get_pruning_masks(torch.rand(N_LAYERS, generator=gen).numpy())
-        llm.prune(masks.__getitem__)
+            kept = torch.randint(0, D_FF + 1, (N_LAYERS,), generator=gen)
+            llm.prune(keep_masks(llm.permutation, kept).__getitem__)  # prefix masks: views
         assert llm.is_pruned
         llm.undo_prune()
         assert not llm.is_pruned and llm.sparsity == 0.0
@@ -190,7 +187,7 @@ def test_prune_twice_raises(llm: PrunableLLM) -> None:
         llm.prune(lambda _layer: torch.ones(D_FF, dtype=torch.bool))
     assert [p.shape for p in llm.parameters()] == shapes
     with pytest.raises(ValueError, match="pruned"):
-        llm.reorder(torch.arange(D_FF).expand(N_LAYERS, -1))
+        llm._reorder(torch.arange(D_FF).expand(N_LAYERS, -1))
 
 
 def test_sparsity_is_pruned_fraction(llm: PrunableLLM) -> None:
@@ -209,40 +206,27 @@ def test_forwards_like_the_wrapped_model(llm: PrunableLLM, ids: torch.Tensor) ->
     assert out.shape == (1, 7)
 
 
-def test_kept_count_rounding() -> None:
-    assert kept_count(0.3, 128, 8) == 88  # 89.6 -> 11.2 * 8 -> 11 * 8
-    assert kept_count(0.3, 128, 1) == 90
-    assert kept_count(0.0, 128, 8) == 128 and kept_count(1.0, 128, 8) == 0
-    assert kept_count(0.5, 40, 8) == 16  # 20 / 8 = 2.5 -> ties to even -> 2
-    assert kept_count(0.5, 24, 8) == 16  # 12 / 8 = 1.5 -> 2
-    tie = PruningMaskGenerator(torch.arange(40).expand(2, -1), align=8)
-    assert tie.keep_counts([0.5, 0.7]).tolist() == [16, 16]  # same ties as the scalar
-    for f in np.linspace(0, 1, 101):
-        assert kept_count(float(f), 1536, 1) == round((1 - float(f)) * 1536)
+def test_kept_counts_rounding() -> None:
+    assert kept_counts([0.3], 128, 8).tolist() == [88]  # 89.6 -> 11.2 * 8 -> 11 * 8
+    assert kept_counts([0.3], 128, 1).tolist() == [90]
+    assert kept_counts([0.0, 1.0], 128, 8).tolist() == [128, 0]
+    assert kept_counts([0.5], 40, 8).tolist() == [16]  # 20 / 8 = 2.5 -> ties to even -> 2
+    assert kept_counts([0.5], 24, 8).tolist() == [16]  # 12 / 8 = 1.5 -> 2
+    fractions = np.linspace(0, 1, 101)
+    assert kept_counts(fractions, 1536, 1).tolist() == [round((1 - f) * 1536) for f in fractions]
+    assert kept_counts([[0.0, 0.5], [1.0, 0.25]], 64, 8).tolist() == [[64, 32], [0, 48]]
     with pytest.raises(ValueError, match="divide"):
-        kept_count(0.5, 100, 8)
+        kept_counts([0.5], 100, 8)
+    with pytest.raises(ValueError, match="layer 3: fraction"):
+        kept_counts([0.1, 0.2, 0.3, 1.5], 128, 8)
 
 
-def test_mask_generator_and_adapter() -> None:
+def test_keep_masks_are_importance_prefixes() -> None:
     gen = torch.Generator().manual_seed(6)
     orderings = torch.stack([torch.randperm(128, generator=gen) for _ in range(4)])
-    mg = PruningMaskGenerator(orderings, align=8)
-    mask = mg.get_pruning_mask(0.3, 2)
-    assert mask.dtype == torch.bool and int(mask.sum()) == 88
-    assert set(orderings[2, :88].tolist()) == set(mask.nonzero().flatten().tolist())
-    fracs = np.array([0.0, 0.3, 0.5, 1.0])
-    assert mg.keep_counts(fracs).tolist() == [128, 88, 64, 0]
-    adapter = FractionMaskAdapter(mg)
-    mask_fn = adapter(fracs)
-    assert torch.equal(mask_fn(1), mg.get_pruning_mask(0.3, 1))
-    rand = np.random.default_rng(0).random(4)
-    assert mg.keep_counts(rand).tolist() == [kept_count(f, 128, 8) for f in rand]
-    with pytest.raises(ValueError, match="layer 3: fraction"):
-        adapter([0.1, 0.2, 0.3, 1.5])
-    with pytest.raises(ValueError, match="layer 1: fraction"):
-        mg.get_pruning_mask(-0.1, 1)
-    with pytest.raises(ValueError, match="expected 4 fractions"):
-        adapter([0.1, 0.2])
+    masks = keep_masks(orderings, [128, 88, 64, 0])
+    assert masks.sum(1).tolist() == [128, 88, 64, 0]
+    assert set(orderings[1, :88].tolist()) == set(masks[1].nonzero().flatten().tolist())
 
 
 def test_importance_json_roundtrip_and_validation(tmp_path: Path) -> None:
@@ -266,43 +250,27 @@ def test_importance_json_roundtrip_and_validation(tmp_path: Path) -> None:
         read_importance_json(path, N_LAYERS, D_FF)
 
 
-def test_top_k_mask_fn_skips_masks_when_orders_match(llm: PrunableLLM, ids: torch.Tensor) -> None:
+def test_counts_equal_prefix_masks_and_zeroed_activations(ids: torch.Tensor) -> None:
     gen = torch.Generator().manual_seed(9)
     orderings = torch.stack([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
-    adapter = FractionMaskAdapter(PruningMaskGenerator(orderings, align=8))
-    fracs = [1.0, 0.0, 0.4]
-    masks = adapter.masks(fracs)
-    with zeroed(llm.wrapped, masks):
-        ref = logits(llm, ids)
-    llm.reorder(orderings.clone())  # equal, not identical: verified once by value
-    mask_fn = adapter.mask_fn(fracs)
-    assert mask_fn.top_k == [0, 64, 40] and torch.equal(mask_fn(2), masks[2])
-    with llm.pruned(mask_fn):
-        assert llm.keep_counts() == [0, 64, 40]
-        assert all(e.is_view for e in llm.undo_pack.entries)
-        assert torch.allclose(logits(llm, ids), ref, atol=1e-5)
-    other = FractionMaskAdapter(PruningMaskGenerator(orderings.flip(1), align=8))
-    with zeroed(llm.wrapped, llm_layout(llm, other.masks(fracs))):
-        ref_other = logits(llm, ids)
-    with llm.pruned(other.mask_fn(fracs)):  # not the model's order: masks built and gathered
-        assert [e.is_view for e in llm.undo_pack.entries] == [True, False]
-        assert torch.allclose(logits(llm, ids), ref_other, atol=1e-5)
+    kept = [0, 64, 40]
+    masks = keep_masks(orderings, kept)  # original ids
+    model = tiny_model()
+    with zeroed(model, masks):
+        ref = logits(model, ids)
+    llm = PrunableLLM(model, orderings)
+    for allocation in (kept, np.array(kept), torch.tensor(kept), masks.__getitem__):
+        with llm.pruned(allocation):
+            assert llm.keep_counts() == kept and llm.sparsity == pytest.approx(88 / 192)
+            assert all(e.is_view for e in llm.undo_pack.entries)
+            assert torch.allclose(logits(llm, ids), ref, atol=1e-5)
 
 
-def llm_layout(llm: PrunableLLM, masks: torch.Tensor) -> torch.Tensor:
-    """Masks in original ids [n_layers, d_ff] -> the model's current neuron layout."""
-    return masks.gather(1, llm.permutation)
-
-
-def test_top_k_counts_are_validated(llm: PrunableLLM) -> None:
-    orderings = torch.arange(D_FF).expand(N_LAYERS, -1)
-    llm.reorder(orderings)
-    mg = PruningMaskGenerator(orderings, align=1)
-    bad = mg.mask_fn([0.5] * N_LAYERS)
-    bad.top_k = [32, 70, 32]
-    with pytest.raises(ValueError, match=r"layer 1: top-k count 70 outside \[0, 64\]"):
-        llm.prune(bad)
-    bad.top_k = [32, 32]
-    with pytest.raises(ValueError, match="expected 3 top-k counts"):
-        llm.prune(bad)
+def test_kept_counts_are_validated(llm: PrunableLLM) -> None:
+    with pytest.raises(ValueError, match=r"layer 1: kept count 70 outside \[0, 64\]"):
+        llm.prune([32, 70, 32])
+    with pytest.raises(ValueError, match="expected 3 kept counts"):
+        llm.prune([32, 32])
+    with pytest.raises(ValueError, match="integers"):
+        llm.prune(np.array([32.0, 32.0, 32.0]))
     assert not llm.is_pruned
