@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ARCHS, arch_dtype, build_model, median_ms, sync  # noqa: E402
-from pruning.create_pruning_mask import PruningMaskGenerator  # noqa: E402
+from pruning.allocation import kept_counts  # noqa: E402
+from pruning.create_pruning_mask import keep_masks  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
-from rl.mask_adapter import FractionMaskAdapter  # noqa: E402
 
 
 class CopyOutPruner:
@@ -148,13 +148,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         fracs = fraction_vector(rng, mean, n_layers)
         for align in args.aligns:
             row: dict = {"mean_fraction": mean, "align": align, "dense_forward_ms": dense_ms}
-            for path, order in (("view", orderings), ("gather", other)):
-                adapter = FractionMaskAdapter(PruningMaskGenerator(order, align=align))
-                ours = measure_ours(
-                    llm, lambda a=adapter: a(fracs), ids, args.reps, args.forward_reps
-                )
+            kept = kept_counts(fracs, model.config.intermediate_size, align)
+            gather = keep_masks(other, kept)  # not the model's order: the gather path
+            for path, allocation in (
+                ("view", lambda: kept),
+                ("gather", lambda: gather.__getitem__),
+            ):
+                ours = measure_ours(llm, allocation, ids, args.reps, args.forward_reps)
                 row |= {f"{path}_{k}": v for k, v in ours.items()}
-            masks = FractionMaskAdapter(PruningMaskGenerator(orderings, align)).masks(fracs)
+            masks = keep_masks(orderings, kept)
             for storage in storages:
                 copy = measure_copy_out(llm, masks, storage, args.copy_reps)
                 row |= {f"copyout_{storage.type}_{k}": v for k, v in copy.items()}

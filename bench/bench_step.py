@@ -27,12 +27,11 @@ import common as cm  # noqa: E402
 from stable_baselines3 import SAC  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 
-from pruning.create_pruning_mask import PruningMaskGenerator  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
-from rl.env import LLMPruningEnv, action_to_fractions  # noqa: E402
-from rl.mask_adapter import FractionMaskAdapter  # noqa: E402
+from rl.env import ActionMap, LLMPruningEnv, PruningBandit  # noqa: E402
+from rl.metrics import score_requests  # noqa: E402
 from rl.reward import RewardFn, make_reward  # noqa: E402
-from rl.tasks import PerplexityScorer  # noqa: E402
+from rl.tasks import WindowTask  # noqa: E402
 from rl.vec_env import BatchedPruningVecEnv  # noqa: E402
 from rl.windows import model_input  # noqa: E402
 
@@ -67,7 +66,7 @@ class Bench:
     """One reordered model and what every section shares."""
 
     llm: PrunableLLM
-    adapter: FractionMaskAdapter
+    action_map: ActionMap
     reward_fn: RewardFn
     device: torch.device
     rng: np.random.Generator
@@ -77,7 +76,7 @@ class Bench:
 @dataclass
 class Task:
     env: LLMPruningEnv
-    scorer: PerplexityScorer
+    task: WindowTask
     embeddings: np.ndarray  # [n_items, OBS_DIM]
     rows: torch.Tensor  # [n_items, seq_len] token row the model reads, on the device
 
@@ -87,11 +86,11 @@ def make_task(b: Bench, n_items: int, seq_len: int) -> Task:
     cfg = b.llm.config
     tokens = torch.randint(cfg.vocab_size, (n_items, seq_len), generator=b.gen).tolist()
     prefix = cfg.bos_token_id if cfg.bos_token_id is not None else 0
-    scorer = PerplexityScorer(b.llm, tokens, [seq_len] * n_items, prefix, seq_len)
-    rows = [model_input(*scorer.requests(i)[0], seq_len) for i in range(n_items)]
+    task = WindowTask(tokens, prefix, seq_len)
+    rows = [model_input(*task.requests(i)[0], seq_len) for i in range(n_items)]
     emb = b.rng.standard_normal((n_items, OBS_DIM)).astype(np.float32)
-    env = LLMPruningEnv(b.llm, scorer, emb, b.adapter, b.reward_fn)
-    return Task(env, scorer, emb, torch.tensor(rows, device=b.device))
+    env = LLMPruningEnv(PruningBandit(b.llm, task, emb, b.action_map, b.reward_fn))
+    return Task(env, task, emb, torch.tensor(rows, device=b.device))
 
 
 def random_actions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -112,15 +111,18 @@ def _profile_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
     llm, dev, env = b.llm, b.device, task.env
     action, t = random_actions(b.rng, (llm.n_layers,)), {}
     _, t["observation"] = cm.timed(lambda: env.reset(options={"index": idx}), dev)
-    mask_fn, t["mask"] = cm.timed(lambda: b.adapter(action_to_fractions(action)), dev)
-    _, t["prune"] = cm.timed(lambda: llm.prune(mask_fn), dev)
+    kept, t["mask"] = cm.timed(lambda: b.action_map.kept(action[None], np.full(1, np.nan))[0], dev)
+    _, t["prune"] = cm.timed(lambda: llm.prune(kept), dev)
+    reqs = task.task.requests(idx)
     try:
-        metric, t["metric_forward"] = cm.timed(lambda: task.scorer.score(idx), dev)
+        t_ = task.task
+        score = lambda: t_.metric(idx, score_requests(llm, reqs, t_.batch_size, t_.max_length))  # noqa: E731
+        metric, t["metric_forward"] = cm.timed(score, dev)
         sparsity, kept = llm.sparsity, llm.keep_counts()
         _, t["bare_forward"] = cm.timed(lambda: cm.bare_forward(llm, task.rows[idx : idx + 1]), dev)
     finally:
         _, t["undo"] = cm.timed(llm.undo_prune, dev)
-    dense = env.dense_metric(idx)
+    dense = float(env.bandit.dense_metrics([idx])[0])
     _, t["reward"] = cm.timed(lambda: b.reward_fn(metric, dense, sparsity), dev)
     env.reset(options={"index": idx})
     _, t["step"] = cm.timed(lambda: env.step(action), dev)
@@ -132,7 +134,7 @@ def _profile_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
 
 def profile_step(b: Bench, plan: Plan, seq_len: int, peak_tflops: float | None) -> dict:
     task = make_task(b, plan.n_items, seq_len)
-    task.env.precompute_dense()  # the dense metric is cached per item in training too
+    task.env.bandit.dense_metrics(range(len(task.task)))  # cached per item in training too
     cm.reset_peak(b.device)
     reps = [_profile_rep(b, task, i % plan.n_items) for i in range(plan.warmup + plan.reps)]
     reps = reps[plan.warmup :]
@@ -187,12 +189,11 @@ def _sequential_step(env: LLMPruningEnv, idx: int, action: np.ndarray) -> float:
 def compare_paths(b: Bench, task: Task, n_envs: int, reps: int, sac_ms: float | None) -> dict:
     """Batched vec steps, then the same (item, action) pairs one by one on the sequential env."""
     n_layers, dev = b.llm.n_layers, b.device
-    vec = BatchedPruningVecEnv(b.llm, task.scorer, task.embeddings, b.adapter, b.reward_fn, n_envs)
+    vec = BatchedPruningVecEnv(task.env.bandit, n_envs)
     vec.seed(0)
     vec.reset()
     cm.reset_peak(dev)
-    for i in range(len(task.scorer)):
-        vec.dense_metric(i)  # cached, as in training
+    task.env.bandit.dense_metrics(range(len(task.task)))  # cached, as in training
     vec.step(random_actions(b.rng, (n_envs, n_layers)))  # warm-up
     pairs, vec_ms = [], []
     for _ in range(reps):
@@ -226,7 +227,7 @@ def batched_vs_sequential(
     b: Bench, plan: Plan, seq_len: int, n_envs_list: list[int], sac_ms: float | None
 ) -> list[dict]:
     task = make_task(b, 2 * max(n_envs_list), seq_len)
-    task.env.precompute_dense()
+    task.env.bandit.dense_metrics(range(len(task.task)))
     run = lambda n: compare_paths(b, task, n, plan.vec_reps, sac_ms)  # noqa: E731
     return [guarded(f"n_envs={n}", lambda n=n: run(n), b) for n in n_envs_list]
 
@@ -242,9 +243,9 @@ def run_arch(arch: str, args: argparse.Namespace, plan: Plan) -> dict:
         return result | {"build": model}
     orderings = cm.random_orderings(model.config.num_hidden_layers, model.config.intermediate_size)
     llm = PrunableLLM(model, orderings=orderings)  # top-k masks are prefixes: pruning is views
-    adapter = FractionMaskAdapter(PruningMaskGenerator(orderings, align=8))
+    action_map = ActionMap(llm.n_layers, llm.intermediate_size, 8)
     reward_fn, gen = make_reward("perplexity", QUALITY_WEIGHT), torch.Generator().manual_seed(0)
-    b = Bench(llm, adapter, reward_fn, dev, np.random.default_rng(0), gen)
+    b = Bench(llm, action_map, reward_fn, dev, np.random.default_rng(0), gen)
     seq_lens = dict.fromkeys((args.seq_len, args.batch_seq_len))  # profiled and batched lengths
     print(f"{arch}: built, profiling", file=sys.stderr, flush=True)
     result["step_profile"] = guarded(
