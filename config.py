@@ -104,6 +104,7 @@ class SACConfig(_Section):
     target_entropy: str | float = "auto"
     net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
     init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # untrained actor's mean fraction
+    init_profile: str | None = None  # `search` profile.json: warm-start the actor's mean there
 
 
 class TrainConfig(_Section):

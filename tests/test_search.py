@@ -4,10 +4,13 @@ import itertools
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
-from config import SearchConfig
+from commands.train import init_fractions, make_agent
+from config import SearchConfig, load_config
 from main import main
 from pruning.allocation import target_blocks, uniform_at_target
 from pruning.search import evolve, mutate
@@ -140,4 +143,57 @@ def test_search_bad_input_is_one_line_exit_2(
     assert main(["search", "--config", str(project), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert runs(project) == before
+
+
+class _Bandit(gym.Env):
+    """Just the spaces of the pruning env: an observation and one action per layer."""
+
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (N_LAYERS + 2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        super().reset(seed=seed, options=options)
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple:
+        del action
+        return np.zeros(4, np.float32), 0.0, True, False, {}
+
+
+def test_train_warm_starts_the_actor_at_the_profile(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    n_layers = N_LAYERS + 2
+    profiles = [
+        {"target": t, "fractions": np.linspace(0, 2 * t, n_layers).tolist()}
+        for t in (0.1, 0.25, 0.45)
+    ]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"profiles": profiles}))
+    cfg = load_config(project, [f"sac.init_profile={path}", "env.target_sparsity=[0.1,0.5]"])
+    init = init_fractions(cfg, n_layers)  # middle of [0.1, 0.5] is 0.3: nearest target 0.25
+    assert "target 0.25" in capsys.readouterr().out
+    assert init == pytest.approx(np.linspace(0, 0.5, n_layers))
+    agent = make_agent(cfg.sac, _Bandit(), tmp_path / "tb", 0, init)
+    with torch.no_grad():
+        agent.actor.mu.weight.zero_()
+    action, _ = agent.predict(np.zeros(4, np.float32), deterministic=True)
+    assert (action + 1) / 2 == pytest.approx(np.clip(init, 0.02, 0.98), abs=1e-4)
+    # without a profile: sac.init_action everywhere
+    plain = make_agent(cfg.sac, _Bandit(), tmp_path / "tb", 0)
+    with torch.no_grad():
+        plain.actor.mu.weight.zero_()
+    action, _ = plain.predict(np.zeros(4, np.float32), deterministic=True)
+    assert (action + 1) / 2 == pytest.approx(np.full(n_layers, cfg.sac.init_action), abs=1e-4)
+
+
+def test_train_with_a_missing_profile_is_one_line_exit_2(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = runs(project)
+    argv = ["train", "--config", str(project), "--set", "sac.init_profile=/no/such/profile.json"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "profile file" in err, err
     assert runs(project) == before
