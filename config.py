@@ -107,6 +107,7 @@ class SACConfig(_Section):
     target_entropy: str | float = "auto"
     net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
     init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # untrained actor's mean fraction
+    init_profile: str | None = None  # `search` profile.json: warm-start the actor's mean there
 
 
 class TrainConfig(_Section):
@@ -142,6 +143,31 @@ class ImportanceConfig(_Section):
     output_dir: str = "grouping_statistics"
 
 
+class SearchConfig(_Section):
+    """`search`: EvoPress-style (1 + offspring) evolution of one static allocation per target."""
+
+    targets: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
+    generations: int = Field(default=100, gt=0)  # parent updates tried per target
+    offspring: int = Field(default=16, gt=0)  # mutants of the parent per generation
+    survivors: int = Field(default=2, gt=0)  # best mutants on the subset, rescored on all windows
+    subset: int = Field(default=16, gt=0)  # calibration windows of the cheap first stage
+    calibration: int = Field(default=128, gt=0)  # windows: a seeded sample of the training split
+    mutation_blocks: int = Field(default=4, gt=0)  # a mutation moves 1..this many align-blocks
+    max_evaluations: int | None = Field(default=None, gt=0)  # candidate scorings; None = no cap
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        bad = [t for t in self.targets if not 0.0 < t < 1.0]
+        if bad or not self.targets:
+            raise ValueError(f"search.targets={self.targets} must be numbers in (0, 1), e.g. [0.3]")
+        if self.survivors > self.offspring:
+            raise ValueError(
+                f"search.survivors={self.survivors} exceeds search.offspring={self.offspring}; "
+                "keep survivors <= offspring"
+            )
+        return self
+
+
 class Config(_Section):
     seed: int = 0
     model: ModelConfig
@@ -151,6 +177,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     importance: ImportanceConfig = ImportanceConfig()
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
     def _check_devices(self) -> Config:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from commands import evaluate, importance, score, train
+from commands import evaluate, importance, score, search, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "eval": evaluate,
     "importance": importance,
     "score": score,
+    "search": search,
 }

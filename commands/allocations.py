@@ -108,3 +108,15 @@ def baseline_kept(name: str, target: float, n_layers: int, width: int, align: in
         fractions = np.minimum(shape * target * n_layers / shape.sum(), 1.0)
         return project_to_target(fractions, target, width, align)
     raise ValueError(f"unknown baseline {name!r}")
+
+
+def profile_near(path: Path, n_layers: int, center: float) -> tuple[float, np.ndarray]:
+    """(target, fractions [n_layers]) of the search profile file's target nearest `center`."""
+    if not path.is_file():
+        raise ConfigError(f"profile file {path} does not exist; write it with `search`")
+    data = yaml.safe_load(path.read_text())
+    profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
+    if not profiles:
+        raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
+    target = min((float(p["target"]) for p in profiles), key=lambda t: abs(t - center))
+    return target, read_profile(path, n_layers, target)

@@ -1,4 +1,4 @@
-"""PNG figures of an eval run (matplotlib, no display needed)."""
+"""PNG figures of eval and search runs (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,21 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     if key != "acc":
         ax.set_yscale("log")
     ax.set(xlabel="MLP sparsity", ylabel=key.replace("_", " "), title="Matched-sparsity sweep")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_fitness(profiles: list[dict], path: Path) -> None:
+    """Parent's full-set fitness vs evaluations, one curve per target."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for p in profiles:
+        xs = [row["evaluations"] for row in p["history"]]
+        ys = [row["fitness"] for row in p["history"]]
+        ax.step(xs, ys, where="post", label=f"target {p['target']:.2f}")
+    ax.set(xlabel="candidate evaluations", ylabel="calibration NLL (summed)", yscale="log")
+    ax.set_title("Evolutionary search: parent fitness")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

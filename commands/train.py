@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from stable_baselines3 import SAC
 
+from commands.allocations import profile_near
 from commands.build import make_pruner, make_vec_env
 from commands.common import (
     new_run_dir,
@@ -49,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_agent(sac: SACConfig, env: Any, tensorboard: Path, seed: int) -> SAC:
+def make_agent(
+    sac: SACConfig, env: Any, tensorboard: Path, seed: int, init: np.ndarray | None = None
+) -> SAC:
+    """A fresh SAC agent whose deterministic action starts at prune fractions `init`
+    [n_layers] (a searched profile), or at sac.init_action in every layer."""
     agent = SAC(
         "MlpPolicy",
         env,
@@ -71,7 +77,21 @@ def make_agent(sac: SACConfig, env: Any, tensorboard: Path, seed: int) -> SAC:
     # Start the deterministic policy near init_action (tanh-squashed, then mapped to [0, 1]).
     with torch.no_grad():
         agent.actor.mu.bias.fill_(math.atanh(2 * sac.init_action - 1))
+        if init is not None:  # clipped: atanh(+-1) is infinite
+            bias = np.arctanh(2 * np.clip(init, 0.02, 0.98) - 1)
+            agent.actor.mu.bias.copy_(torch.as_tensor(bias, dtype=agent.actor.mu.bias.dtype))
     return agent
+
+
+def init_fractions(cfg: Config, n_layers: int) -> np.ndarray | None:
+    """sac.init_profile's fractions at its target nearest the middle of env.target_sparsity
+    (trade-off mode: nearest sac.init_action); None without a profile."""
+    if cfg.sac.init_profile is None:
+        return None
+    center = sum(cfg.env.targets) / 2 if cfg.env.targets else cfg.sac.init_action
+    target, fractions = profile_near(resolve_path(cfg.sac.init_profile), n_layers, center)
+    print(f"actor starts at the searched profile for target {target}")
+    return fractions
 
 
 def find_run(spec: str, runs_dir: Path) -> Path:
@@ -111,8 +131,9 @@ def start_or_resume(
 ) -> tuple[SAC, Path]:
     """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer."""
     if resume is None:
+        init = init_fractions(cfg, n_layers)  # before the run folder: a bad profile writes nothing
         run_dir = new_run_dir(cfg, "train")
-        return make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed), run_dir
+        return make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed, init), run_dir
     ckpt = latest_checkpoint(resume / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{resume} has no complete checkpoint to resume from")

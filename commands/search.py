@@ -1,0 +1,144 @@
+"""`search`: an evolutionary search of one static per-layer allocation per target sparsity.
+
+EvoPress-style (`pruning.search.evolve`): fitness is the summed negative log-likelihood of
+`search.calibration` training windows. All candidates of a stage go through one
+`rl.batched.score_samples` call (every (candidate, window) pair is a sample with its own row
+masks), so several allocations share each forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from commands.build import make_pruner, make_task
+from commands.common import new_run_dir, seed_everything, training_items, write_json
+from commands.plots import plot_fitness
+from config import Config, ConfigError
+from models import load_models
+from pruning.prunable_llm import PrunableLLM
+from pruning.search import Fitness, SearchResult, evolve
+from rl.batched import score_samples
+from rl.tasks import Task
+
+HELP = (
+    "Search a static per-layer allocation at each of search.targets (EvoPress-style evolution on "
+    "training windows); writes a profile.json that score, eval --profile and train read."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # everything is in the `search:` config section
+
+
+def window_fitness(model: PrunableLLM, task: Task) -> Fitness:
+    """fitness(kept [n, L], windows [w]) -> summed NLL [n]: n * w samples in one batched call."""
+
+    def fitness(kept: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        requests = [task.requests(int(w)) for _ in kept for w in windows]
+        per_sample = np.repeat(kept, len(windows), axis=0)  # [n * w, L]
+        logliks, _ = score_samples(model, requests, per_sample, task.batch_size, task.max_length)
+        nll = -np.array([sum(ll) for ll in logliks])  # [n * w]
+        return nll.reshape(len(kept), len(windows)).sum(1)
+
+    return fitness
+
+
+def calibration_items(cfg: Config, tokenizer: Any) -> list[Any]:
+    """A seeded sample of `search.calibration` training windows (all of them if fewer)."""
+    if cfg.data.dataset != "wikitext":
+        raise ConfigError(
+            "search scores WikiText windows (fitness = negative log-likelihood); "
+            "set data.dataset=wikitext"
+        )
+    items = [item for item in training_items(cfg, tokenizer) if item.token_ids]
+    if not items:
+        raise ConfigError(f"split {cfg.data.train_split!r} gave no calibration windows")
+    n = min(cfg.search.calibration, len(items))
+    chosen = np.random.default_rng(cfg.seed).choice(len(items), size=n, replace=False)
+    return [items[i] for i in sorted(chosen)]
+
+
+def profile_entry(target: float, result: SearchResult, width: int, seconds: float) -> dict:
+    kept = result.kept
+    return {
+        "target": target,
+        "kept": kept.tolist(),
+        "fractions": (1 - kept / width).tolist(),
+        "sparsity": float(1 - kept.sum() / (len(kept) * width)),
+        "fitness": result.fitness,
+        "uniform_fitness": result.uniform_fitness,
+        "evaluations": result.evaluations,
+        "tokens_scored": result.tokens_scored,
+        "seconds": round(seconds, 2),
+        "evaluations_per_second": round(result.evaluations / seconds, 3),
+        "history": result.history,
+    }
+
+
+def print_table(profiles: list[dict]) -> None:
+    print(f"{'target':>7} {'uniform NLL':>14} {'searched NLL':>14} {'evals':>7} {'evals/s':>8}")
+    for p in profiles:
+        print(
+            f"{p['target']:>7.3f} {p['uniform_fitness']:>14.2f} {p['fitness']:>14.2f} "
+            f"{p['evaluations']:>7d} {p['evaluations_per_second']:>8.2f}"
+        )
+
+
+def search_target(
+    cfg: Config, fitness: Fitness, target: float, shape: tuple[int, int, int], tokens: np.ndarray
+) -> dict:
+    n_layers, width, align = shape
+    rng = np.random.default_rng([cfg.seed, round(target * 1e6)])  # same draws whatever the list
+    bar = tqdm(total=cfg.search.generations, desc=f"search {target:.2f}", unit="gen")
+    start = time.perf_counter()
+
+    def progress(row: dict) -> None:
+        if row["generation"]:
+            bar.update(1)
+        bar.set_postfix(nll=f"{row['fitness']:.1f}", evals=row["evaluations"])
+
+    try:
+        result = evolve(fitness, target, n_layers, width, align, tokens, cfg.search, rng, progress)
+    finally:
+        bar.close()
+    return profile_entry(target, result, width, time.perf_counter() - start)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    del args
+    seed_everything(cfg.seed)
+    models = load_models(cfg.model)
+    pruner = make_pruner(cfg, models)
+    items = calibration_items(cfg, models.tokenizer)
+    task = make_task(cfg, pruner.llm, models.tokenizer, items)
+    tokens = np.array([sum(len(t) for _, t in task.requests(i)) for i in range(len(task))])
+    shape = (pruner.llm.n_layers, pruner.width, pruner.align)
+    run_dir = new_run_dir(cfg, "search")
+    fitness = window_fitness(pruner.llm, task)
+    profiles = [search_target(cfg, fitness, t, shape, tokens) for t in cfg.search.targets]
+    result = {
+        "model": cfg.model.llm,
+        "n_layers": shape[0],
+        "width": shape[1],
+        "align": shape[2],
+        "importance_file": str(pruner.orderings_file),
+        "calibration": len(items),
+        "tokens_per_evaluation": int(tokens.sum()),
+        "profiles": profiles,
+    }
+    write_json(run_dir / "profile.json", result)
+    plot_fitness(profiles, run_dir / "fitness.png")
+    print_table(profiles)
+    print(f"wrote {run_dir / 'profile.json'}")
+    headline = [
+        {k: p[k] for k in ("target", "uniform_fitness", "fitness", "evaluations_per_second")}
+        for p in profiles
+    ]
+    print(json.dumps({"run": str(run_dir), "profiles": headline}))
+    return 0
