@@ -17,7 +17,7 @@ from pruning.create_pruning_mask import PruningMaskGenerator
 from pruning.prunable_llm import PrunableLLM
 from rl.env import LLMPruningEnv
 from rl.mask_adapter import FractionMaskAdapter
-from rl.metrics import resolve_prefix_token
+from rl.metrics import encode_document, resolve_prefix_token
 from rl.mmlu import MMLULoglikelihoodCalculator
 from rl.reward import RewardFn, make_reward
 from rl.tasks import MMLUScorer, PerplexityScorer
@@ -63,8 +63,8 @@ def make_scorer(cfg: Config, llm: PrunableLLM, tokenizer: Any, items: Sequence[A
     if items and hasattr(items[0], "token_ids"):  # training windows
         tokens = [list(c.token_ids) for c in items]
         counts = [len(t) for t in tokens]
-    else:  # documents: words counted on the original page, as lm-eval does
-        tokens = [tokenizer.encode(d.text, add_special_tokens=False) for d in items]
+    else:  # documents: tokenized and words counted as lm-eval does
+        tokens = [encode_document(tokenizer, d.text, prefix) for d in items]
         counts = [d.word_count for d in items]
     return PerplexityScorer(llm, tokens, counts, prefix, env.max_length, env.batch_size)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rl.metrics import PerplexityCalculator, resolve_prefix_token, score_requests
@@ -171,6 +171,62 @@ def test_equals_lm_eval_rolling(model: LlamaForCausalLM, tokenizer) -> None:
     theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
     ours = PerplexityCalculator(model, tokenizer, max_length=8).loglikelihood(DOCS)
     torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
+
+
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte tokenizer, but encode() prepends <s> by default, as Llama-3's does."""
+    tok = byte_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+    )
+    return tok
+
+
+BOS_DOCS = [*DOCS, "<s>already starts with BOS", ""]
+
+
+def test_default_encoding_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> None:
+    hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    tok = bos_tokenizer()
+    assert tok.encode("ab")[0] == tok.bos_token_id  # the tokenizer really adds BOS
+    lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
+    calc = PerplexityCalculator(model, tok, max_length=8)
+    for text in BOS_DOCS:
+        assert calc.tokens(text) == lm.tok_encode(text), text
+    assert calc.tokens("ab") == [0, *tok.encode("ab", add_special_tokens=False)]
+    assert calc.tokens("<s>x") == tok.encode("<s>x", add_special_tokens=False)  # no second BOS
+    requests = [Instance("loglikelihood_rolling", {}, (d,), 0) for d in BOS_DOCS]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    ours = calc.loglikelihood(BOS_DOCS)
+    torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
+    plain = PerplexityCalculator(model, tok, max_length=8, add_special_tokens=False)
+    assert plain.tokens("ab") == tok.encode("ab", add_special_tokens=False)
+
+
+def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> None:
+    """`eval` scores documents through make_scorer: the same tokens as lm-eval."""
+    hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    from commands.build import make_scorer
+    from config import Config
+    from rl.data_source import make_wiki_document
+
+    tok = bos_tokenizer()
+    cfg = Config.model_validate(
+        {"model": {"llm": "tiny", "encoder": "tiny"}, "env": {"max_length": 8}}
+    )
+    docs = [make_wiki_document(text) for text in DOCS]
+    scorer = make_scorer(cfg, model, tok, docs)
+    ours = [sum(score_requests(model, scorer.requests(i), 4, 8)) for i in range(len(docs))]
+    lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
+    requests = [Instance("loglikelihood_rolling", {}, (d.text,), 0) for d in docs]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    word_ppl = math.exp(-theirs[0] / docs[0].word_count)
+    assert scorer.score(0) == pytest.approx(word_ppl, rel=1e-4)
 
 
 def test_evaluate_counts_on_original_text(model: LlamaForCausalLM, tokenizer) -> None:
