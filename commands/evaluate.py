@@ -22,7 +22,7 @@ from commands.common import (
     write_json,
 )
 from commands.plots import plot_profile, plot_sparsity_vs_metric
-from config import Config
+from config import Config, ConfigError
 from models import LoadedModels, load_models
 from rl.checkpoints import load_agent
 from rl.env import action_to_fractions
@@ -130,6 +130,8 @@ def print_table(summary: dict[str, dict[str, float]]) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     seed_everything(cfg.seed)
     runs_dir = resolve_path(cfg.train.runs_dir)
     spec = args.agent or cfg.eval.agent

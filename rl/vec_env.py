@@ -44,7 +44,7 @@ class BatchedPruningVecEnv(VecEnv):
         act_space = spaces.Box(-1.0, 1.0, (model.n_layers,), np.float32)
         self.render_mode = None
         super().__init__(n_envs, obs_space, act_space)
-        self._rng = np.random.default_rng()
+        self.np_random = np.random.default_rng()
         self._dense = np.full(len(scorer), np.nan)  # [n_items] metric of the unpruned model
         self._indices = np.zeros(n_envs, dtype=np.int64)
         self._actions: np.ndarray | None = None
@@ -57,9 +57,9 @@ class BatchedPruningVecEnv(VecEnv):
 
     def reset(self) -> np.ndarray:
         if self._seeds[0] is not None:
-            self._rng = np.random.default_rng(self._seeds[0])
+            self.np_random = np.random.default_rng(self._seeds[0])
         self._reset_seeds()
-        self._indices = self._rng.integers(len(self.scorer), size=self.num_envs)
+        self._indices = self.np_random.integers(len(self.scorer), size=self.num_envs)
         return self.embeddings[self._indices].copy()
 
     def step_async(self, actions: np.ndarray) -> None:
