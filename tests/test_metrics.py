@@ -344,10 +344,7 @@ def test_mmlu_bad_config(model: LlamaForCausalLM, tokenizer) -> None:
 
 @pytest.mark.slow
 def test_lm_eval_agreement_bench_tiny() -> None:
-    data = REPO.parent / "shared" / "data" / "wikitext-2-raw-v1"
-    if not (data / "wiki.test.raw").is_file():
-        pytest.skip(f"{data} absent")
-    pytest.importorskip("lm_eval")
+    pytest.importorskip("lm_eval")  # reads the WikiText-2 copy shipped in data/
     cmd = [sys.executable, "bench/lm_eval_agreement.py", "--limit", "1", "--max-lengths", "64"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
