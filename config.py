@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -106,7 +113,33 @@ class SACConfig(_Section):
     ent_coef: str | float = "auto_0.02"  # "auto_<init>" learns it; a number fixes it
     target_entropy: str | float = "auto"
     net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
-    init_action: float = Field(default=0.2, ge=0.0, le=1.0)  # untrained actor's mean fraction
+    init_action: float = 0.2  # untrained actor's mean fraction, in (0, 1): atanh(2x - 1) is set
+
+    @field_validator("init_action")
+    @classmethod
+    def _open_unit_interval(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:  # False for NaN too
+            raise ValueError(
+                f"sac.init_action={value} must be strictly between 0 and 1 (the actor's output "
+                "bias is atanh(2x - 1), infinite at 0 and 1); use e.g. 0.01 or 0.99"
+            )
+        return value
+
+    @field_validator("ent_coef")
+    @classmethod
+    def _ent_coef(cls, value: str | float) -> str | float:
+        if isinstance(value, str) and value != "auto":
+            number = value.removeprefix("auto_")
+            try:
+                ok = value.startswith("auto_") and float(number) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"sac.ent_coef={value!r} is not 'auto', 'auto_<initial value>' or a number; "
+                    "e.g. auto_0.02 or 0.1"
+                )
+        return value
     init_profile: str | None = None  # `search` profile.json: warm-start the actor's mean there
 
 
@@ -276,7 +309,9 @@ def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str
 
 
 def _describe(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # An unknown key first: it is often the misspelling of a key that is reported missing.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "config"
     if err["type"] == "extra_forbidden":

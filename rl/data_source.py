@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import difflib
+import gzip
+import lzma
 import random
 import re
 from collections.abc import Sequence
@@ -206,7 +208,8 @@ def _check_split(split: str, valid: Sequence[str]) -> None:
 
 
 class WikiTextDataSource:
-    """Document-level WikiText-2 raw; `path` is a folder with wiki.{train,valid,test}.raw."""
+    """Document-level WikiText-2 raw; `path` is a folder with wiki.{train,valid,test}.raw
+    (each may instead be compressed as wiki.<split>.raw.xz or .gz, as the repository ships)."""
 
     name: ClassVar[str] = "wikitext"
 
@@ -224,12 +227,18 @@ class WikiTextDataSource:
             rows = datasets.load_dataset(*WIKITEXT_HUB, split=split)
             return [row["page"] for row in rows]
         file = Path(self.path) / WIKITEXT_FILES[split]
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"WikiText split {split!r} needs {file}: put the original wikitext-2-raw-v1 "
-                f"'{file.name}' there, or pass path=None to load {WIKITEXT_HUB[0]} from the hub"
-            )
-        return split_wikitext_pages(file.read_text(encoding="utf-8"))
+        if file.is_file():
+            return split_wikitext_pages(file.read_text(encoding="utf-8"))
+        for suffix, opener in ((".xz", lzma.open), (".gz", gzip.open)):  # the repository's copy
+            packed = file.with_name(file.name + suffix)
+            if packed.is_file():
+                with opener(packed, "rt", encoding="utf-8") as f:
+                    return split_wikitext_pages(f.read())
+        raise FileNotFoundError(
+            f"WikiText split {split!r} needs {file} (or {file.name}.xz): put the original "
+            f"wikitext-2-raw-v1 '{file.name}' there, or pass path=None to load "
+            f"{WIKITEXT_HUB[0]} from the hub"
+        )
 
 
 class MMLUDataSource:

@@ -111,14 +111,14 @@ class PruningBandit:
         return observe(self.embeddings[indices], targets if self.action_map.budget else None)
 
     def dense_metrics(self, indices: Sequence[int]) -> np.ndarray:
-        """Unpruned metric of each item, scored once (all missing items in one call), cached."""
+        """Unpruned metric of each item, scored once, then cached."""
         missing = sorted({int(i) for i in indices if np.isnan(self.dense[i])})
         if missing:
             if self.model.is_pruned:
                 raise RuntimeError("model is pruned; the dense baseline needs the full model")
-            lls, _ = score_task(self.model, self.task, missing, None)
-            for i, ll in zip(missing, lls, strict=True):
-                self.dense[i] = self.task.metric(i, ll)
+            for i in missing:  # alone: a baseline must not depend on what it was batched with
+                lls, _ = score_task(self.model, self.task, [i], None)
+                self.dense[i] = self.task.metric(i, lls[0])
         return self.dense[np.asarray(indices, dtype=np.int64)]
 
     def step(

@@ -49,6 +49,18 @@ def resolve_prefix_token(tokenizer: Any, prefix: PrefixRule) -> int:
     raise ValueError("tokenizer has neither a BOS nor an EOS token: set tokenizer.bos_token")
 
 
+def encode_document(tokenizer: Any, text: str, prefix_token: int) -> list[int]:
+    """Tokens of a document exactly as lm-eval 0.4.13's `HFLM.tok_encode` makes them.
+
+    HFLM keeps the tokenizer's default special tokens (Llama-3 prepends BOS, which is then
+    scored as the first target after the prefix token), except that a text that already starts
+    with the decoded prefix token is encoded without them. SmolLM2 adds none: plain tokens.
+    """
+    if text.startswith(tokenizer.decode(prefix_token)):  # lm-eval's has_bos_prefix
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
 def item_field(item: Mapping[str, Any] | Any, name: str, default: Any = None) -> Any:
     """Read `name` from a dict item or a dataclass item (rl.data_source uses frozen dataclasses)."""
     if isinstance(item, Mapping):
@@ -175,11 +187,11 @@ def score_requests(
 class PerplexityCalculator:
     """lm-eval-compatible rolling log-likelihood and WikiText perplexity for one model.
 
-    Documents are tokenized once (cached by text, without special tokens) and cut into lm-eval's
-    disjoint rolling windows; windows of several documents share forward passes.
-    Difference from lm-eval: HFLM encodes with the tokenizer's default special tokens, so for a
-    tokenizer that adds BOS by default (Llama-3) it scores an extra BOS after the prefix; pass
-    `add_special_tokens=True` to reproduce that exactly. SmolLM2 adds none: identical.
+    Documents are tokenized once (cached by text) and cut into lm-eval's disjoint rolling
+    windows; windows of several documents share forward passes. By default a document is
+    tokenized as lm-eval's HFLM does (`encode_document`: the tokenizer's default special tokens,
+    so Llama-3's BOS is scored too), which makes every number equal lm-eval's for any tokenizer;
+    `add_special_tokens=False` / `True` forces plain tokens / the tokenizer's special tokens.
     """
 
     def __init__(
@@ -189,7 +201,7 @@ class PerplexityCalculator:
         max_length: int,
         prefix: PrefixRule = "bos",
         batch_size: int = 8,
-        add_special_tokens: bool = False,
+        add_special_tokens: bool | None = None,  # None: as lm-eval (encode_document)
     ) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
@@ -203,7 +215,10 @@ class PerplexityCalculator:
 
     def tokens(self, text: str) -> list[int]:
         if text not in self._tokens:
-            ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+            if self.add_special_tokens is None:
+                ids = encode_document(self.tokenizer, text, self.prefix_token)
+            else:
+                ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
             self._tokens[text] = list(ids)
         return self._tokens[text]
 

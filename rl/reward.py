@@ -1,8 +1,10 @@
 """Rewards for one pruned forward pass: trade the fraction of MLP neurons pruned against quality.
 
 Every reward is a pure function of (metric, dense_metric, sparsity) with a `quality_weight` w in
-[0, 1]: w = 1 scores quality only, w = 0 scores sparsity only. In both rewards the sparsity term
-grows by 2 * (1 - w) per unit of sparsity, so the same w means the same price of sparsity.
+[0, 1]: w = 1 scores quality only, w = 0 scores sparsity only. Both score the dense model 0 and
+both price sparsity at 2 * (1 - w) per unit against the quality lost relative to the dense model
+(w * log of the perplexity ratio; 4 * w per right answer lost), so the same w means the same
+price of sparsity.
 """
 
 from __future__ import annotations
@@ -80,35 +82,59 @@ class PerplexityReward:
         return f"PerplexityReward(quality_weight={self.quality_weight}, alpha={self.alpha})"
 
 
+def relative_correctness(metric: float, dense_metric: float) -> float:
+    """Quality relative to the dense model on the same item: metric - dense_metric, in [-1, 1].
+
+    -1: pruning turned a right answer wrong; 0: no change; +1: pruning turned a wrong answer
+    right. Per item the dense value is a constant, so maximising the expectation of this
+    quality-only reward maximises accuracy (e.g. under a sparsity budget enforced elsewhere).
+    A NaN metric counts as wrong; the dense metric must be a correctness in [0, 1].
+    """
+    if not (math.isnan(metric) or 0.0 <= metric <= 1.0):
+        raise ValueError(f"metric must be a correctness in [0, 1], got {metric}")
+    if not 0.0 <= dense_metric <= 1.0:  # False for NaN too
+        raise ValueError(f"dense_metric must be a correctness in [0, 1], got {dense_metric}")
+    correct = 0.0 if math.isnan(metric) else float(metric)
+    return correct - float(dense_metric)
+
+
 class CorrectnessReward:
-    """Reward for correctness in [0, 1] (1 = right answer; a fraction for several items).
+    """Reward for correctness in [0, 1] (1 = right answer; a fraction for several items),
+    relative to the dense model's correctness on the same item.
 
-    With q = 2 * metric - 1 in [-1, 1] (+1 right, -1 wrong), s the sparsity, w the weight::
+    With d = relative_correctness(metric, dense_metric) in [-1, 1], s the sparsity, w the weight::
 
-        reward = w * q + (1 - w) * (2 * s - 1)        # in [-1, 1], no squashing needed
+        reward = ((1 - w) * s + 2 * w * d) / (1 + w)        # in [-1, 1], no squashing needed
 
-    The dense model's correctness is ignored: per item it is a constant, and a per-context
-    constant changes neither the best action of a bandit nor the ranking of actions; on items
-    the dense model gets wrong only sparsity can still be earned, so pruning hard there is
-    the right answer. A NaN metric counts as wrong.
+    i.e. the perplexity reward's sparsity gain 2 * (1 - w) * s against a quality loss of
+    4 * w per right answer lost, divided by 2 * (1 + w) to stay in [-1, 1].
 
-    Beware: q is bounded, so pruning everything beats the dense model once
-    2 * (1 - w) > w * (loss of expected q). At chance accuracy 1/4 of a 4-way question, a right
-    answer turned random loses 1.5 in q, so use w > 4/7 (say 0.75): at w = 0.5 the policy will
-    learn to prune everything.
+    Why this form:
+      * The dense model scores exactly 0, as in `PerplexityReward`: the policy is paid for what
+        pruning changes, not for questions the dense model already gets right or wrong.
+      * One lost answer costs 2w / (1 - w) units of sparsity: at w = 0.5, twice the gain of
+        pruning everything. Pruning everything makes a 4-way answer a 1-in-4 guess, an expected
+        loss of 3/4 answer where the dense model is right, so it loses to the dense model for
+        any w > 2/5; at the default w = 0.5 it scores -1/6 there, mild pruning that keeps the
+        answer +(1 - w) * s / (1 + w) > 0. (The former w * (2c - 1) + (1 - w) * (2s - 1)
+        priced one answer at w / (1 - w) and learned to prune everything for any w < 4/7.)
+      * Linear in d and s: a fraction of right answers (several items) is scored as the
+        expectation of the per-item rewards, and rewards order actions exactly as their
+        expected trade-off does.
+
+    On items the dense model gets wrong only sparsity (and lucky guesses) can be earned, so
+    pruning hard there is the right answer. w = 1 is the quality-only reward
+    `relative_correctness`; w = 0 scores sparsity only. A NaN metric counts as wrong.
     """
 
     def __init__(self, quality_weight: float) -> None:
         self.quality_weight = _check_weight(quality_weight)
 
     def __call__(self, metric: float, dense_metric: float, sparsity: float) -> float:
-        for name, value in (("metric", metric), ("dense_metric", dense_metric)):
-            if not (math.isnan(value) or 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be a correctness in [0, 1], got {value}")
+        d = relative_correctness(metric, dense_metric)
         s = _check_sparsity(sparsity)
-        q = -1.0 if math.isnan(metric) else 2.0 * float(metric) - 1.0
         w = self.quality_weight
-        return w * q + (1.0 - w) * (2.0 * s - 1.0)
+        return ((1.0 - w) * s + 2.0 * w * d) / (1.0 + w)
 
     def __repr__(self) -> str:
         return f"CorrectnessReward(quality_weight={self.quality_weight})"

@@ -6,7 +6,15 @@ import pytest
 from stable_baselines3 import SAC
 
 from config import ConfigError
-from rl.checkpoints import AGENT, BUFFER, latest_checkpoint, load_agent, save_checkpoint
+from rl.checkpoints import (
+    AGENT,
+    BUFFER,
+    RNG,
+    latest_checkpoint,
+    load_agent,
+    load_rng,
+    save_checkpoint,
+)
 
 
 @pytest.fixture()
@@ -40,3 +48,12 @@ def test_load_agent_refuses_broken_or_mismatched(agent: SAC, tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError):
         load_agent(tmp_path / "missing.zip", 3, 1, "cpu")
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_incomplete_checkpoint_folders_are_skipped(agent: SAC, tmp_path: Path) -> None:
+    done = save_checkpoint(agent, tmp_path)
+    assert (done / RNG).is_file() and load_rng(done)["env"]
+    no_buffer = tmp_path / "step_000000099"
+    no_buffer.mkdir()
+    (no_buffer / AGENT).write_bytes((done / AGENT).read_bytes())
+    assert latest_checkpoint(tmp_path) == done

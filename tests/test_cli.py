@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,26 @@ def test_bad_input_is_one_line_exit_2(
     assert runs(project) == before  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--limit", "-1"], "--limit must be a positive number of items, got -1"),
+        (["eval", "--limit", "0"], "--limit must be a positive number of items, got 0"),
+        (["score", "--limit", "0"], "--limit must be a positive number of items, got 0"),
+        (["train", "--set", "sac.init_action=1"], "sac.init_action=1.0 must be strictly"),
+        (["train", "--set", "sac.ent_coef=banana"], "sac.ent_coef='banana'"),
+        (["train", "--set", "env.importance_file=/no/such.json"], "importance file"),
+        (["train", "--resume", "/no/such/run"], "is not a train run folder"),
+    ],
+)
+def test_bad_command_input_writes_nothing(
+    project: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    before = runs(project)
+    fails_cleanly(capsys, [argv[0], "--config", str(project), *argv[1:]], message)
+    assert runs(project) == before
+
+
 def test_missing_or_malformed_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fails_cleanly(capsys, ["score", "--config", str(tmp_path / "nope.yml")], "does not exist")
     bad = tmp_path / "bad.yml"
@@ -109,6 +130,20 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     assert json.loads((run / "train.json").read_text())["steps"] == 12
     capsys.readouterr()
     fails_cleanly(capsys, [*argv, "--set", "env.quality_weight=0.9"], "env.quality_weight changed")
+    # --resume latest skips newer run folders that hold no complete checkpoint
+    for name, files in (("train_99990101T000000Z", []), ("train_99990102T000000Z", ["agent.zip"])):
+        broken = run.parent / name
+        (broken / "checkpoints" / "step_000000004").mkdir(parents=True)
+        (broken / "checkpoints" / "step_000000008.tmp").mkdir()
+        (broken / "config.yaml").write_text((run / "config.yaml").read_text())
+        for file in files:
+            (broken / "checkpoints" / "step_000000004" / file).write_bytes(b"")
+    latest = ["train", "--config", str(project), "--resume", "latest"]
+    assert main([*latest, "--set", "train.total_steps=14"]) == 0
+    assert f"resuming {run.name} at step 12" in capsys.readouterr().out
+    assert json.loads((run / "train.json").read_text())["steps"] == 14
+    for name in ("train_99990101T000000Z", "train_99990102T000000Z"):
+        shutil.rmtree(run.parent / name)
     agent = ["--agent", str(run / "agent_final.zip")]
     assert main(["eval", "--config", str(project), *agent, "--set", "eval.targets=[0.25,0.5]"]) == 0
     eval_run = Path(last_json(capsys)["run"])

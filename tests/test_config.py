@@ -43,6 +43,9 @@ def test_set_overrides_parse_yaml_values() -> None:
         ("data.dataset=imagenet", "config key 'data.dataset'"),
         ("data.eval_split=dev", "is not a wikitext split"),
         ("nonsense", "is not KEY=VALUE"),
+        ("sac.init_action=0", r"sac.init_action=0.0 must be strictly between 0 and 1"),
+        ("sac.init_action=1", r"sac.init_action=1.0 must be strictly between 0 and 1"),
+        ("sac.ent_coef=banana", "sac.ent_coef='banana' is not 'auto'"),
     ],
 )
 def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
@@ -80,3 +83,16 @@ def test_model_sources(tmp_path: Path) -> None:
 def test_slug() -> None:
     assert ModelSource("meta-llama/Llama-3.1-8B-Instruct").slug == "llama-3.1-8b-instruct"
     assert ModelSource("/x", "SmolLM2-135M-Instruct.Q4_1.gguf").slug == "smollm2-135m-instruct"
+
+
+def test_init_action_inside_the_open_interval() -> None:
+    assert load_config(PRESET, ["sac.init_action=0.01"]).sac.init_action == 0.01
+    assert load_config(PRESET, ["sac.ent_coef=0.1"]).sac.ent_coef == 0.1
+
+
+def test_unknown_key_is_named_before_a_missing_one(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("model:\n  lmm: some/model\n  encoder: some/encoder\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value) == "unknown config key 'model.lmm'; did you mean 'llm'?"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import gzip
+import hashlib
 import importlib.util
+import lzma
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,10 +23,13 @@ from rl.data_source import (
 from rl.mmlu import format_question
 from rl.windows import word_count
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WIKI = DATA / "wikitext-2-raw-v1"
-MMLU = DATA / "mmlu"
-needs_wiki = pytest.mark.skipif(not WIKI.is_dir(), reason=f"{WIKI} absent")
+ROOT = Path(__file__).resolve().parents[1]
+WIKI = ROOT / "data" / "wikitext-2-raw-v1"  # shipped, xz-compressed
+MMLU = ROOT.parent / "shared" / "data" / "mmlu"  # not shipped: tests skip without it
+SHA256 = {  # of the uncompressed original files (data/SOURCES.md)
+    "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+    "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+}
 needs_mmlu = pytest.mark.skipif(not MMLU.is_dir(), reason=f"{MMLU} absent")
 
 
@@ -99,6 +105,25 @@ def test_local_wikitext_from_tmp_folder(tmp_path: Path) -> None:
     assert docs[0].text.startswith(" = Alpha =\n\nAlpha text, here.\n== Alpha sub ==")
     assert docs[0].type == "document"
     assert docs[0].byte_count == len(docs[0].original_text.encode("utf-8"))
+
+
+def test_shipped_wikitext_is_the_original_release() -> None:
+    for name, digest in SHA256.items():
+        assert not (WIKI / name).exists()  # only compressed copies are committed
+        raw = lzma.decompress((WIKI / f"{name}.xz").read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".gz"])
+def test_compressed_split_reads_like_the_plain_file(tmp_path: Path, suffix: str) -> None:
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    packed.mkdir()
+    (plain / "wiki.valid.raw").write_text(SYNTHETIC_WIKI, encoding="utf-8")
+    compress = lzma.compress if suffix == ".xz" else gzip.compress
+    (packed / f"wiki.valid.raw{suffix}").write_bytes(compress(SYNTHETIC_WIKI.encode("utf-8")))
+    docs = WikiTextDataSource(packed).load("validation")
+    assert len(docs) == 4 and docs == WikiTextDataSource(plain).load("validation")
 
 
 def test_missing_file_message_names_file_and_fix(tmp_path: Path) -> None:
@@ -193,7 +218,6 @@ def test_registry() -> None:
 # ---------------------------------------------------------------- real files (fast parses)
 
 
-@needs_wiki
 def test_real_wikitext_document_counts() -> None:
     source = WikiTextDataSource(WIKI)
     test, valid = source.load("test"), source.load("validation")
@@ -201,12 +225,11 @@ def test_real_wikitext_document_counts() -> None:
     assert test[0].original_text.startswith(" = Robert Boulter = \n")
     assert valid[0].original_text.startswith(" = Homarus gammarus = \n")
     # Pages partition the file: rejoining them gives it back minus the dropped leading blank.
-    raw = (WIKI / "wiki.test.raw").read_text(encoding="utf-8")
+    raw = lzma.decompress((WIKI / "wiki.test.raw.xz").read_bytes()).decode("utf-8")
     assert "\n".join(d.original_text for d in test) == raw.removeprefix(" \n")
     assert sum(d.byte_count for d in test) == len(raw.removeprefix(" \n").encode()) - 61
 
 
-@needs_wiki
 def test_detokenizer_matches_lm_eval_on_all_test_docs() -> None:
     reference = _lm_eval_detokenizer()
     if reference is None:
@@ -244,7 +267,6 @@ SMOLLM2 = Path(importlib.util.find_spec("transformers").origin).parents[1] / "ll
 
 
 @pytest.mark.slow
-@needs_wiki
 @pytest.mark.skipif(not SMOLLM2.is_dir(), reason="offline SmolLM2 GGUF absent")
 def test_chunk_validation_docs_with_real_tokenizer() -> None:
     from transformers import AutoTokenizer

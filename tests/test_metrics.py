@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rl.metrics import PerplexityCalculator, resolve_prefix_token, score_requests
@@ -173,6 +173,64 @@ def test_equals_lm_eval_rolling(model: LlamaForCausalLM, tokenizer) -> None:
     torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
 
 
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte tokenizer, but encode() prepends <s> by default, as Llama-3's does."""
+    tok = byte_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+    )
+    return tok
+
+
+BOS_DOCS = [*DOCS, "<s>already starts with BOS", ""]
+
+
+def test_default_encoding_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> None:
+    hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    tok = bos_tokenizer()
+    assert tok.encode("ab")[0] == tok.bos_token_id  # the tokenizer really adds BOS
+    lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
+    calc = PerplexityCalculator(model, tok, max_length=8)
+    for text in BOS_DOCS:
+        assert calc.tokens(text) == lm.tok_encode(text), text
+    assert calc.tokens("ab") == [0, *tok.encode("ab", add_special_tokens=False)]
+    assert calc.tokens("<s>x") == tok.encode("<s>x", add_special_tokens=False)  # no second BOS
+    requests = [Instance("loglikelihood_rolling", {}, (d,), 0) for d in BOS_DOCS]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    ours = calc.loglikelihood(BOS_DOCS)
+    torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
+    plain = PerplexityCalculator(model, tok, max_length=8, add_special_tokens=False)
+    assert plain.tokens("ab") == tok.encode("ab", add_special_tokens=False)
+
+
+def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> None:
+    """`score` and `eval` score documents through make_task: the same tokens as lm-eval."""
+    hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    from commands.build import make_task
+    from config import Config
+    from rl.data_source import make_wiki_document
+    from rl.tasks import score_task
+
+    tok = bos_tokenizer()
+    cfg = Config.model_validate(
+        {"model": {"llm": "tiny", "encoder": "tiny"}, "env": {"max_length": 8}}
+    )
+    docs = [make_wiki_document(text) for text in DOCS]
+    task = make_task(cfg, model, tok, docs)
+    lls, _ = score_task(model, task, list(range(len(docs))), None)
+    ours = [sum(ll) for ll in lls]
+    lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
+    requests = [Instance("loglikelihood_rolling", {}, (d.text,), 0) for d in docs]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    word_ppl = math.exp(-theirs[0] / docs[0].word_count)
+    assert task.metric(0, lls[0]) == pytest.approx(word_ppl, rel=1e-4)
+
+
 def test_evaluate_counts_on_original_text(model: LlamaForCausalLM, tokenizer) -> None:
     docs = [{"text": "a b", "original_text": " a  b \n"}, {"text": "cd", "original_text": "cd"}]
     calc = PerplexityCalculator(model, tokenizer, max_length=4)
@@ -288,10 +346,7 @@ def test_mmlu_bad_config(model: LlamaForCausalLM, tokenizer) -> None:
 
 @pytest.mark.slow
 def test_lm_eval_agreement_bench_tiny() -> None:
-    data = REPO.parent / "shared" / "data" / "wikitext-2-raw-v1"
-    if not (data / "wiki.test.raw").is_file():
-        pytest.skip(f"{data} absent")
-    pytest.importorskip("lm_eval")
+    pytest.importorskip("lm_eval")  # reads the WikiText-2 copy shipped in data/
     cmd = [sys.executable, "bench/lm_eval_agreement.py", "--limit", "1", "--max-lengths", "64"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rl.reward import REWARDS, CorrectnessReward, PerplexityReward, RewardFn, make_reward
+from config import EnvConfig, load_config
+from rl.reward import (
+    REWARDS,
+    CorrectnessReward,
+    PerplexityReward,
+    RewardFn,
+    make_reward,
+    relative_correctness,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPARSITIES = np.linspace(0.0, 1.0, 11)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -80,22 +91,60 @@ def test_full_pruning_loses_to_dense_when_ppl_blows_up() -> None:
 
 def test_correctness_hand_computed() -> None:
     reward = CorrectnessReward(0.75)
-    assert reward(1.0, 1.0, 0.0) == pytest.approx(0.75 - 0.25)
-    assert reward(0.0, 1.0, 0.5) == pytest.approx(-0.75)
+    assert reward(1.0, 1.0, 0.0) == 0.0 and reward(0.0, 0.0, 0.0) == 0.0  # dense scores 0
+    assert reward(1.0, 1.0, 0.4) == pytest.approx(0.25 * 0.4 / 1.75)
+    assert reward(0.0, 1.0, 0.5) == pytest.approx((0.125 - 1.5) / 1.75)  # -0.785714
     assert reward(1.0, 0.0, 1.0) == pytest.approx(1.0)
-    assert reward(math.nan, 1.0, 1.0) == pytest.approx(-0.5)
-    assert reward(0.5, 1.0, 0.5) == pytest.approx(0.0)
+    assert reward(math.nan, 1.0, 1.0) == pytest.approx(-1.25 / 1.75)  # NaN counts as wrong
+    assert reward(0.5, 1.0, 0.5) == pytest.approx((0.125 - 0.75) / 1.75)
+    assert CorrectnessReward(1.0)(0.0, 1.0, 0.0) == -1.0  # the lower bound, -2w / (1 + w)
 
 
 def test_correctness_monotone_and_extremes() -> None:
     reward = CorrectnessReward(0.75)
     assert np.all(np.diff([reward(1.0, 1.0, s) for s in SPARSITIES]) > 0)
     assert reward(0.0, 1.0, 0.3) < reward(1.0, 1.0, 0.3)
-    assert CorrectnessReward(1.0)(1.0, 1.0, 0.0) == CorrectnessReward(1.0)(1.0, 1.0, 1.0) == 1.0
-    assert CorrectnessReward(0.0)(0.0, 1.0, 0.2) == CorrectnessReward(0.0)(1.0, 0.0, 0.2)
-    # at w = 0.75 a right answer turned into a 1-in-4 guess is not worth pruning everything
-    expected_full = 0.25 * reward(1.0, 1.0, 1.0) + 0.75 * reward(0.0, 1.0, 1.0)
-    assert expected_full < reward(1.0, 1.0, 0.0)
+    assert CorrectnessReward(1.0)(1.0, 1.0, 0.0) == CorrectnessReward(1.0)(1.0, 1.0, 1.0) == 0.0
+    assert CorrectnessReward(0.0)(0.0, 1.0, 0.2) == CorrectnessReward(0.0)(1.0, 0.0, 0.2) == 0.2
+
+
+def expected_rewards(reward: RewardFn, actions: dict[str, tuple[float, float]]) -> dict:
+    """Expected reward of each action (sparsity, P(right)) on a question the dense model gets
+    right; the reward is linear in the correctness, so E[reward] = reward(P(right))."""
+    return {
+        name: acc * reward(1.0, 1.0, s) + (1 - acc) * reward(0.0, 1.0, s)
+        for name, (s, acc) in actions.items()
+    }
+
+
+def test_default_weight_does_not_reward_pruning_everything() -> None:
+    weight = EnvConfig().quality_weight
+    assert weight == load_config(ROOT / "config.yml").env.quality_weight == 0.5
+    actions = {  # (sparsity, accuracy) on a question the dense model answers right
+        "dense": (0.0, 1.0),
+        "mild": (0.2, 1.0),  # keeps the answer
+        "half": (0.5, 0.6),
+        "all": (1.0, 0.25),  # a 1-in-4 guess
+    }
+    expected = expected_rewards(make_reward("correctness", weight), actions)
+    assert max(expected, key=expected.get) == "mild"
+    assert expected["all"] < expected["dense"] == 0.0
+    assert expected["all"] == pytest.approx(-1 / 6)
+    assert expected["mild"] == pytest.approx(0.5 * 0.2 / 1.5)
+    # the documented break-even of pruning everything: w = 2/5
+    at_break_even = expected_rewards(CorrectnessReward(0.4), actions)
+    assert at_break_even["all"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_quality_only_is_relative_correctness() -> None:
+    quality_only = CorrectnessReward(1.0)
+    for metric, dense in ((1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.25, 1.0), (math.nan, 0.0)):
+        expected = relative_correctness(metric, dense)
+        assert [quality_only(metric, dense, s) for s in (0.0, 0.7)] == [expected] * 2
+    assert relative_correctness(0.25, 1.0) == -0.75 and relative_correctness(1.0, 0.0) == 1.0
+    assert relative_correctness(math.nan, 1.0) == -1.0
+    with pytest.raises(ValueError, match="dense_metric"):
+        relative_correctness(1.0, math.nan)
 
 
 @pytest.mark.parametrize("name", sorted(REWARDS))

@@ -175,13 +175,13 @@ def test_train_warm_starts_the_actor_at_the_profile(
     init = init_fractions(cfg, n_layers)  # middle of [0.1, 0.5] is 0.3: nearest target 0.25
     assert "target 0.25" in capsys.readouterr().out
     assert init == pytest.approx(np.linspace(0, 0.5, n_layers))
-    agent = make_agent(cfg.sac, _Bandit(), tmp_path / "tb", 0, init)
+    agent = make_agent(cfg.sac, _Bandit(), 0, init)
     with torch.no_grad():
         agent.actor.mu.weight.zero_()
     action, _ = agent.predict(np.zeros(4, np.float32), deterministic=True)
     assert (action + 1) / 2 == pytest.approx(np.clip(init, 0.02, 0.98), abs=1e-4)
     # without a profile: sac.init_action everywhere
-    plain = make_agent(cfg.sac, _Bandit(), tmp_path / "tb", 0)
+    plain = make_agent(cfg.sac, _Bandit(), 0)
     with torch.no_grad():
         plain.actor.mu.weight.zero_()
     action, _ = plain.predict(np.zeros(4, np.float32), deterministic=True)
