@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from commands import evaluate, importance, score, train
+from commands import evaluate, export, importance, score, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "eval": evaluate,
     "importance": importance,
     "score": score,
+    "export": export,
 }
