@@ -239,3 +239,21 @@ def test_output_folder_needs_force(
 
 def test_kept_counts_match_score_rounding() -> None:
     assert kept_counts([0.5, 0.125], D_FF, 8).tolist() == [32, 56]
+
+
+# ---- the benchmark script ----------------------------------------------------------------------
+
+
+def test_bench_export_tiny(tmp_path: Path) -> None:
+    from bench.bench_export import main as bench_main
+
+    out = tmp_path / "bench.json"
+    assert bench_main(["--tiny", "--sparsities", "0.5", "--aligns", "8", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["dense", "sparsity 0.5 align 8"]
+    dense, half = rows
+    assert dense["ideal_decode"] == 1.0 and dense["prefill_b1_tok_s"] > 0
+    assert half["mlp_widths"] == [64] and half["decode_b2_tok_s"] > 0 and "error" not in half
+    # tiny arch: 3 layers, hidden 64, width 128 -> 64; decode reads 3 * 64 * 64 * 3 fewer weights
+    assert half["weights_per_token"] == dense["weights_per_token"] - 3 * 3 * 64 * 64
+    assert half["ideal_decode"] == pytest.approx(127424 / 90560)
