@@ -134,7 +134,7 @@ class Decoder:
             return {"position_ids": self.position[None]}
         return {"position_ids": self.position[None], "cache_position": self.position}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # inference tensors could not be rewound in place
     def prefill(self) -> None:
         out = self.model(self.prompt_ids, past_key_values=self.cache, use_cache=True)
         self.token.copy_(out.logits[:, -1:].argmax(-1))
@@ -148,7 +148,7 @@ class Decoder:
             if isinstance(length, torch.Tensor):
                 length.fill_(self.prompt)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # inference tensors could not be rewound in place
     def step(self) -> None:
         out = self.model(self.token, past_key_values=self.cache, use_cache=True, **self._inputs())
         self.token.copy_(out.logits[:, -1:].argmax(-1))
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype),
             "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "build_s": round(build_s, 1),
             "total_s": round(total, 1),
