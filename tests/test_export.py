@@ -257,3 +257,58 @@ def test_bench_export_tiny(tmp_path: Path) -> None:
     # tiny arch: 3 layers, hidden 64, width 128 -> 64; decode reads 3 * 64 * 64 * 3 fewer weights
     assert half["weights_per_token"] == dense["weights_per_token"] - 3 * 3 * 64 * 64
     assert half["ideal_decode"] == pytest.approx(127424 / 90560)
+
+
+# ---- lm-evaluation-harness loads the export and scores what `score` scores -----------------------
+
+
+def lm_eval_word_perplexity(model_dir: Path, pages: list[str], max_length: int, tmp: Path) -> float:
+    """lm-eval's own `wikitext` task (only the dataset swapped for `pages`) through model='hf'."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    data = tmp / "test.jsonl"
+    data.write_text("".join(json.dumps({"page": page}) + "\n" for page in pages))
+    task_yaml = tmp / "wikitext_local.yaml"
+    override = {
+        "include": str(Path(lm_eval.__file__).parent / "tasks" / "wikitext" / "wikitext.yaml"),
+        "task": "wikitext_local",
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp / "hf")},
+        "training_split": None,
+        "validation_split": None,
+    }
+    task_yaml.write_text(yaml.safe_dump(override))
+    tasks = TaskManager().load([str(task_yaml)])["tasks"]
+    args = f"pretrained={model_dir},trust_remote_code=True,max_length={max_length},dtype=float32"
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=args,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        tasks=list(tasks.values()),
+        bootstrap_iters=0,
+    )
+    return float(out["results"]["wikitext_local"]["word_perplexity,none"])
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_the_export_as_score_does(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("lm_eval")
+    from rl.data_source import WikiTextDataSource
+
+    allocation, n_docs = "0.5,0.125", 2
+    result = export(project, allocation)
+    capsys.readouterr()
+    assert main(["score", "--config", str(project), allocation, "--limit", str(n_docs)]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = yaml.safe_load(project.read_text())
+    docs = WikiTextDataSource(Path(cfg["data"]["wikitext_path"])).load("test")[:n_docs]
+    max_length = cfg["env"]["max_length"]
+    theirs = lm_eval_word_perplexity(
+        Path(result["model_dir"]), [d.original_text for d in docs], max_length, tmp_path
+    )
+    assert ours["sparsity"] == result["mlp_sparsity"]
+    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-6)  # measured: 3.9e-8
