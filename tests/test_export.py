@@ -72,7 +72,7 @@ def test_round_trip_equal_logits_and_generate(project: Path) -> None:
     ref = reference_pruned(project, result["kept"])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=0, atol=1e-6)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     prompt = tokenizer("the game of", return_tensors="pt")
     out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, prompt["input_ids"].shape[1] + 5)
