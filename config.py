@@ -140,6 +140,7 @@ class SACConfig(_Section):
                     "e.g. auto_0.02 or 0.1"
                 )
         return value
+
     init_profile: str | None = None  # `search` profile.json: warm-start the actor's mean there
 
 

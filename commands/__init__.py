@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from commands import evaluate, importance, score, search, train
+from commands import evaluate, export, importance, score, search, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -12,4 +12,5 @@ COMMANDS: dict[str, ModuleType] = {
     "importance": importance,
     "score": score,
     "search": search,
+    "export": export,
 }

@@ -1,0 +1,241 @@
+"""`export`: write a pruned model as a standalone Hugging Face checkpoint (MLPs narrowed)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from commands.build import Pruner, make_pruner
+from commands.common import (
+    new_run_dir,
+    observations,
+    seed_everything,
+    training_items,
+    write_json,
+)
+from commands.allocations import parse_allocation
+from config import Config, ConfigError, resolve_path
+from models import LoadedModels, load_models, model_shape
+from pruning.allocation import kept_counts, sparsity_of
+from pruning.export import (
+    MODELING_FILE,
+    Size,
+    build_pruned_model,
+    narrow_state_dict,
+    policy_mean_kept,
+    pruned_config,
+    removed_mlp_parameters,
+    size_of,
+)
+from rl.checkpoints import load_agent
+
+HELP = (
+    "Export a pruned model (each layer's MLP physically narrowed) as a Hugging Face folder that "
+    "AutoModelForCausalLM loads with trust_remote_code=True: ALLOCATION as `score` takes it, or "
+    "--agent PATH --target T (the budget policy's mean profile at sparsity T)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "allocation",
+        nargs="?",
+        default=None,
+        help="dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml; or use --agent",
+    )
+    parser.add_argument("--agent", default=None, help="budget agent .zip (needs --target)")
+    parser.add_argument("--target", type=float, default=None, help="MLP sparsity for --agent")
+    parser.add_argument(
+        "--output", default=None, help="model folder (default: runs/export_<time>/model)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors file (%(default)s)"
+    )
+
+
+# ---- which allocation ------------------------------------------------------------------------
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if (args.allocation is None) == (args.agent is None):
+        raise ConfigError("give an ALLOCATION or --agent PATH --target T (one of the two)")
+    if (args.agent is None) != (args.target is None):
+        raise ConfigError("--agent and --target go together: --agent PATH --target T")
+
+
+def output_folder(args: argparse.Namespace) -> Path | None:
+    """--output, checked before any work: an existing folder is replaced only with --force."""
+    if args.output is None:
+        return None
+    path = resolve_path(args.output)
+    if path.exists() and not (args.force and path.is_dir()):
+        fix = "pass --force to replace it" if path.is_dir() else "it is not a folder"
+        raise ConfigError(f"--output {path} already exists; {fix}")
+    return path
+
+
+def agent_target_range(agent_path: Path) -> tuple[float, float] | None:
+    """env.target_sparsity of the train run the agent comes from, as [low, high]; None for a
+    trade-off agent (trained without a target)."""
+    for folder in list(agent_path.parents)[:3]:  # train_*/agent_final.zip or .../step_N/agent.zip
+        if (folder / "config.yaml").is_file():
+            train_cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+            target = (train_cfg.get("env") or {}).get("target_sparsity")
+            if target is None:
+                return None
+            low, high = (target, target) if isinstance(target, int | float) else target
+            return float(low), float(high)
+    raise FileNotFoundError(f"no train run config.yaml beside agent {agent_path}")
+
+
+def agent_kept(
+    cfg: Config, models: LoadedModels, agent_path: Path, target: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Kept counts of the policy's mean profile at `target` over the training items."""
+    if not agent_path.is_file():
+        raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
+    trained = agent_target_range(agent_path)
+    if trained is None:
+        raise ConfigError(
+            f"agent {agent_path} is a trade-off agent (no env.target_sparsity): it cannot take "
+            "--target; export its profile with `score`-style fractions instead"
+        )
+    if not trained[0] - 1e-9 <= target <= trained[1] + 1e-9:
+        raise ConfigError(
+            f"--target {target} is outside the range agent {agent_path} was trained for "
+            f"[{trained[0]}, {trained[1]}]"
+        )
+    n_layers, width = model_shape(models.llm)
+    items = training_items(cfg, models.tokenizer)
+    emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
+    agent = load_agent(agent_path, emb.shape[1] + 1, n_layers)
+    kept = policy_mean_kept(
+        lambda obs: agent.predict(obs, deterministic=True)[0], emb, target, width, cfg.env.align
+    )
+    record = {"agent": str(agent_path), "target": target, "num_items": len(items)}
+    return kept, record
+
+
+def allocation_kept(
+    cfg: Config, models: LoadedModels, args: argparse.Namespace
+) -> tuple[np.ndarray, dict[str, Any]]:
+    if args.agent is not None:
+        return agent_kept(cfg, models, resolve_path(args.agent), args.target)
+    n_layers, width = model_shape(models.llm)
+    fractions = parse_allocation(args.allocation, n_layers)
+    dense = fractions is None
+    kept = kept_counts(np.zeros(n_layers) if dense else fractions, width, cfg.env.align)
+    return kept, {"spec": args.allocation, "fractions": None if dense else fractions.tolist()}
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def importance_file(pruner: Pruner) -> str:
+    """The orderings file the neurons were sorted by (the one place that reads the pruner's)."""
+    return str(pruner.orderings_file)
+
+
+def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) into a temporary sibling folder, then rename it to `dest` (replacing an old one
+    only once the new one is complete); an interrupted export leaves no half-written `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path, max_shard_size: str) -> None:
+    model.save_pretrained(folder, max_shard_size=max_shard_size)  # config, weights, generation
+    shutil.copy(MODELING_FILE, folder / MODELING_FILE.name)
+    tokenizer.save_pretrained(folder)
+
+
+def size_record(size: Size) -> dict[str, int]:
+    return {"parameters": size.parameters, "bytes": size.bytes}
+
+
+def print_sizes(before: Size, after: Size, mlp_before: int) -> None:
+    removed = before.parameters - after.parameters
+    print(f"{'':10s} {'parameters':>15s} {'bytes':>17s}")
+    print(f"{'source':10s} {before.parameters:>15,d} {before.bytes:>17,d}")
+    print(f"{'exported':10s} {after.parameters:>15,d} {after.bytes:>17,d}")
+    print(
+        f"removed: {removed:,d} parameters ({removed / before.parameters:.1%} of the model, "
+        f"{removed / mlp_before:.1%} of the MLP parameters)"
+    )
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    check_arguments(args)
+    output = output_folder(args)
+    models = load_models(cfg.model)
+    n_layers, width = model_shape(models.llm)
+    hidden = models.llm.config.hidden_size
+    kept, allocation = allocation_kept(cfg, models, args)  # validated before anything is written
+    pruner = make_pruner(cfg, models)  # sorts every layer's neurons by importance, in place
+    before = size_of(models.llm.state_dict())
+    state = narrow_state_dict(pruner.llm.wrapped.state_dict(), kept)  # kept = sorted prefix
+    after = size_of(state)
+    mlp_removed = removed_mlp_parameters(hidden, width, kept)
+    assert before.parameters - after.parameters == mlp_removed, "only MLP neurons are removed"
+    sparsity = float(sparsity_of(kept, width))
+    provenance = {
+        "source_model": cfg.model.llm,
+        "allocation": allocation,
+        "kept": kept.tolist(),
+        "mlp_sparsity": sparsity,
+        "align": cfg.env.align,
+        "importance_file": importance_file(pruner),
+    }
+    config = pruned_config(models.llm.config.to_dict(), kept, provenance)
+    config["dtype"] = str(models.dtype).removeprefix("torch.")
+    device = next(models.llm.parameters()).device
+    model = build_pruned_model(config, state, device)
+    model.generation_config = copy.deepcopy(models.llm.generation_config)
+
+    run_dir = new_run_dir(cfg, "export")
+    dest = output or run_dir / "model"
+    write_atomically(
+        dest, lambda tmp: save_model(model, models.tokenizer, tmp, args.max_shard_size)
+    )
+    mlp_before = 3 * hidden * width * n_layers
+    result = {
+        "model_dir": str(dest),
+        **provenance,
+        "dtype": config["dtype"],
+        "before": size_record(before),
+        "after": size_record(after),
+        "removed": size_record(
+            Size(before.parameters - after.parameters, before.bytes - after.bytes)
+        ),
+        "mlp_parameters_before": mlp_before,
+        "files": sorted(p.name for p in dest.iterdir()),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(run_dir / "export.json", result)
+    print_sizes(before, after, mlp_before)
+    print(f"wrote {dest}")
+    print(json.dumps({"run": str(run_dir), "model_dir": str(dest), "mlp_sparsity": sparsity}))
+    return 0

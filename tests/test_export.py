@@ -1,0 +1,314 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from main import main
+from pruning.allocation import kept_counts, project_to_target
+from pruning.export import narrow_state_dict, policy_mean_kept, removed_mlp_parameters, size_of
+from pruning.prunable_llm import PrunableLLM
+from tests.fixtures import D_FF, N_LAYERS, make_tiny_project, tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = 32  # of the tiny project's LLM
+ENCODER_DIM = 16
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_project(tmp_path_factory.mktemp("tiny"))
+
+
+def runs(config: Path) -> list[Path]:
+    return sorted((config.parent / "runs").glob("*"))
+
+
+def export(config: Path, *argv: str) -> dict:
+    before = set(runs(config))
+    assert main(["export", "--config", str(config), *argv]) == 0
+    (run,) = set(runs(config)) - before
+    return json.loads((run / "export.json").read_text())
+
+
+def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def reference_pruned(config: Path, kept: list[int]) -> PrunableLLM:
+    """The source model pruned in memory by PrunableLLM: what the export must equal."""
+    cfg = yaml.safe_load(config.read_text())
+    model = LlamaForCausalLM.from_pretrained(cfg["model"]["llm"], dtype=torch.float32).eval()
+    orderings = torch.tensor(
+        json.loads(Path(cfg["env"]["importance_file"]).read_text())["orderings"]
+    )
+    llm = PrunableLLM(model, orderings)
+    ranks = torch.argsort(orderings, dim=1)  # [n_layers, d_ff] rank of each original neuron
+    llm.prune(lambda layer: ranks[layer] < kept[layer])
+    return llm
+
+
+def test_round_trip_equal_logits_and_generate(project: Path) -> None:
+    result = export(project, "0.5,0.125")
+    assert result["kept"] == [32, 56]  # (1 - f) * 64 rounded to multiples of 8
+    folder = Path(result["model_dir"])
+    expected = {"config.json", "generation_config.json", "model.safetensors"}
+    expected |= {"modeling_pruned_llama.py", "tokenizer.json", "tokenizer_config.json"}
+    assert expected <= {p.name for p in folder.iterdir()}
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__name__ == "PrunedLlamaForCausalLM"
+    assert [layer.mlp.gate_proj.out_features for layer in model.model.layers] == [32, 56]
+    assert model.config.pruning["allocation"] == {"spec": "0.5,0.125", "fractions": [0.5, 0.125]}
+    assert model.config.pruning["importance_file"].endswith("importance.json")
+    ids = torch.randint(4, 30, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = reference_pruned(project, result["kept"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=0, atol=1e-6)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    prompt = tokenizer("the game of", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, prompt["input_ids"].shape[1] + 5)
+    assert torch.equal(out, ref.generate(**prompt, max_new_tokens=5, do_sample=False))
+
+
+def test_dense_export_equals_source(project: Path) -> None:
+    result = export(project, "dense")
+    model = AutoModelForCausalLM.from_pretrained(result["model_dir"], trust_remote_code=True)
+    source = LlamaForCausalLM.from_pretrained(yaml.safe_load(project.read_text())["model"]["llm"])
+    ids = torch.arange(4, 20)[None]
+    with torch.no_grad():  # neurons are reordered; the function is the same
+        torch.testing.assert_close(model(ids).logits, source(ids).logits, rtol=0, atol=1e-6)
+    assert result["before"] == result["after"] and result["mlp_sparsity"] == 0.0
+
+
+def test_sizes_fall_by_the_pruned_mlp_share(project: Path) -> None:
+    result = export(project, "uniform:0.5")
+    kept = result["kept"]
+    assert kept == [32, 32] and result["mlp_sparsity"] == 0.5
+    removed = removed_mlp_parameters(HIDDEN, D_FF, kept)
+    assert removed == 3 * 32 * 2 * 32 == 6144
+    assert result["before"]["parameters"] - result["after"]["parameters"] == removed
+    assert result["before"]["bytes"] - result["after"]["bytes"] == 4 * removed  # float32
+    assert result["removed"] == {"parameters": removed, "bytes": 4 * removed}
+    assert removed / result["mlp_parameters_before"] == result["mlp_sparsity"]
+    model = AutoModelForCausalLM.from_pretrained(result["model_dir"], trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == result["after"]["parameters"]
+    assert result["before"]["parameters"] == 20512  # the tiny project's source model
+
+
+def test_narrow_with_orderings_equals_sorted_prefix() -> None:
+    model = tiny_llama()
+    orderings = torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(i))
+                             for i in range(3)])  # fmt: skip
+    kept = [8, 40, 64]
+    direct = narrow_state_dict(model.state_dict(), kept, orderings)
+    llm = PrunableLLM(model, orderings)  # sorts in place
+    prefix = narrow_state_dict(llm.wrapped.state_dict(), kept)
+    assert direct.keys() == prefix.keys()
+    assert all(torch.equal(direct[k], prefix[k]) for k in direct)
+    assert direct["model.layers.0.mlp.down_proj.weight"].shape == (32, 8)
+    assert direct["model.layers.0.mlp.down_proj.weight"].is_contiguous()
+    sizes = size_of(model.state_dict()), size_of(direct)
+    assert sizes[0].parameters - sizes[1].parameters == removed_mlp_parameters(32, 64, kept)
+
+
+def test_size_counts_tied_weights_once() -> None:
+    model = tiny_llama(tie_word_embeddings=True)
+    untied = sum(t.numel() for t in model.state_dict().values())
+    assert size_of(model.state_dict()).parameters == untied - 128 * 32
+
+
+# ---- budget agents -----------------------------------------------------------------------------
+
+
+def test_policy_mean_kept_pins_numbers() -> None:
+    actions = np.array(
+        [[-1.0, 0.0, 1.0, 0.0], [-1.0, 1.0, 1.0, -1.0]]
+    )  # fractions 0,.5,1,.5 / 0,1,1,0
+    seen = []
+
+    def predict(obs: np.ndarray) -> np.ndarray:
+        seen.append(obs)
+        return actions
+
+    kept = policy_mean_kept(predict, np.zeros((2, 3)), 0.5, 64, 8)
+    assert seen[0].dtype == np.float32 and seen[0].shape == (2, 4)
+    assert np.all(seen[0][:, -1] == 0.5)
+    per_item = project_to_target((actions + 1) / 2, 0.5, 64, 8)
+    assert per_item.tolist() == [[64, 32, 0, 32], [64, 0, 0, 64]]
+    assert kept.tolist() == [64, 16, 0, 48] and kept.sum() == 128  # on target: half of 4 x 64
+
+
+class _BudgetEnv(gym.Env):
+    """Only the spaces matter: a budget agent's observation is [embedding, target]."""
+
+    def __init__(self, obs_dim: int, n_layers: int) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (n_layers,), np.float32)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple:
+        del options
+        super().reset(seed=seed)
+        return np.zeros(self.observation_space.shape, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple:
+        del action
+        return np.zeros(self.observation_space.shape, np.float32), 0.0, True, False, {}
+
+
+def make_agent(folder: Path, target: object, obs_dim: int = ENCODER_DIM + 1) -> Path:
+    from stable_baselines3 import SAC
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"env": {"target_sparsity": target}}))
+    agent = SAC("MlpPolicy", _BudgetEnv(obs_dim, N_LAYERS), policy_kwargs={"net_arch": [8]})
+    agent.save(folder / "agent_final.zip")
+    return folder / "agent_final.zip"
+
+
+def test_agent_export_is_on_target(project: Path, tmp_path: Path) -> None:
+    agent = make_agent(tmp_path / "train_budget", [0.2, 0.6])
+    result = export(project, "--agent", str(agent), "--target", "0.5")
+    assert result["mlp_sparsity"] == 0.5 and sum(result["kept"]) == 64
+    assert result["allocation"]["agent"] == str(agent) and result["allocation"]["target"] == 0.5
+    model = AutoModelForCausalLM.from_pretrained(result["model_dir"], trust_remote_code=True)
+    assert model.config.intermediate_sizes == result["kept"]
+
+
+def test_bad_agents(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["export", "--config", str(project)]
+    before = runs(project)
+    ranged = make_agent(tmp_path / "ranged", [0.2, 0.6])
+    fails_cleanly(capsys, [*base, "--agent", str(ranged), "--target", "0.7"], "outside the range")
+    fixed = make_agent(tmp_path / "fixed", 0.3)
+    fails_cleanly(capsys, [*base, "--agent", str(fixed), "--target", "0.5"], "[0.3, 0.3]")
+    tradeoff = make_agent(tmp_path / "tradeoff", None)
+    fails_cleanly(capsys, [*base, "--agent", str(tradeoff), "--target", "0.3"], "trade-off agent")
+    other = make_agent(tmp_path / "other", 0.3, obs_dim=9)
+    fails_cleanly(capsys, [*base, "--agent", str(other), "--target", "0.3"], "was trained for")
+    fails_cleanly(capsys, [*base, "--agent", str(ranged)], "go together")
+    fails_cleanly(
+        capsys, [*base, "--agent", str(tmp_path / "no.zip"), "--target", "0.3"], "not found"
+    )
+    assert runs(project) == before
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["0.1,0.2,0.3"], f"needs {N_LAYERS} fractions"),
+        (["uniform:1.5"], "use [0,1]"),
+        ([], "give an ALLOCATION or --agent"),
+        (["dense", "--agent", "a.zip", "--target", "0.3"], "one of the two"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    project: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    before = runs(project)
+    fails_cleanly(capsys, ["export", "--config", str(project), *extra], message)
+    assert runs(project) == before  # nothing written
+
+
+def test_output_folder_needs_force(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = runs(project)
+    argv = ["export", "--config", str(project), "uniform:0.25", "--output", str(out)]
+    fails_cleanly(capsys, argv, "pass --force")
+    assert runs(project) == before and [p.name for p in out.iterdir()] == ["keep.txt"]
+    result = export(project, *argv[3:], "--force")
+    assert result["model_dir"] == str(out) and not (out / "keep.txt").exists()
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no temporary folders
+
+
+def test_kept_counts_match_score_rounding() -> None:
+    assert kept_counts([0.5, 0.125], D_FF, 8).tolist() == [32, 56]
+
+
+# ---- the benchmark script ----------------------------------------------------------------------
+
+
+def test_bench_export_tiny(tmp_path: Path) -> None:
+    from bench.bench_export import main as bench_main
+
+    out = tmp_path / "bench.json"
+    assert bench_main(["--tiny", "--sparsities", "0.5", "--aligns", "8", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["dense", "sparsity 0.5 align 8"]
+    dense, half = rows
+    assert dense["ideal_decode"] == 1.0 and dense["prefill_b1_tok_s"] > 0
+    assert half["mlp_widths"] == [64] and half["decode_b2_tok_s"] > 0 and "error" not in half
+    # tiny arch: 3 layers, hidden 64, width 128 -> 64; decode reads 3 * 64 * 64 * 3 fewer weights
+    assert half["weights_per_token"] == dense["weights_per_token"] - 3 * 3 * 64 * 64
+    assert half["ideal_decode"] == pytest.approx(127424 / 90560)
+
+
+# ---- lm-evaluation-harness loads the export and scores what `score` scores -----------------------
+
+
+def lm_eval_word_perplexity(model_dir: Path, pages: list[str], max_length: int, tmp: Path) -> float:
+    """lm-eval's own `wikitext` task (only the dataset swapped for `pages`) through model='hf'."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    data = tmp / "test.jsonl"
+    data.write_text("".join(json.dumps({"page": page}) + "\n" for page in pages))
+    task_yaml = tmp / "wikitext_local.yaml"
+    override = {
+        "include": str(Path(lm_eval.__file__).parent / "tasks" / "wikitext" / "wikitext.yaml"),
+        "task": "wikitext_local",
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp / "hf")},
+        "training_split": None,
+        "validation_split": None,
+    }
+    task_yaml.write_text(yaml.safe_dump(override))
+    tasks = TaskManager().load([str(task_yaml)])["tasks"]
+    args = f"pretrained={model_dir},trust_remote_code=True,max_length={max_length},dtype=float32"
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=args,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        tasks=list(tasks.values()),
+        bootstrap_iters=0,
+    )
+    return float(out["results"]["wikitext_local"]["word_perplexity,none"])
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_the_export_as_score_does(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("lm_eval")
+    from rl.data_source import WikiTextDataSource
+
+    allocation, n_docs = "0.5,0.125", 2
+    result = export(project, allocation)
+    capsys.readouterr()
+    assert main(["score", "--config", str(project), allocation, "--limit", str(n_docs)]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = yaml.safe_load(project.read_text())
+    docs = WikiTextDataSource(Path(cfg["data"]["wikitext_path"])).load("test")[:n_docs]
+    max_length = cfg["env"]["max_length"]
+    theirs = lm_eval_word_perplexity(
+        Path(result["model_dir"]), [d.original_text for d in docs], max_length, tmp_path
+    )
+    assert ours["sparsity"] == result["mlp_sparsity"]
+    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-6)  # measured: 3.9e-8
