@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from commands.allocations import parse_allocation
 from commands.build import Pruner, make_pruner
 from commands.common import (
     new_run_dir,
@@ -23,7 +24,6 @@ from commands.common import (
     training_items,
     write_json,
 )
-from commands.allocations import parse_allocation
 from config import Config, ConfigError, resolve_path
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import kept_counts, sparsity_of
