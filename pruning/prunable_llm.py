@@ -23,6 +23,7 @@ from pruning.create_pruning_mask import validate_orderings
 
 MaskFn = Callable[[int], torch.Tensor]  # layer index -> bool [d_ff], True = keep, original indices
 Kept = Sequence[int] | np.ndarray | torch.Tensor  # [n_layers] leading neurons kept per layer
+_MAX_CACHED_VIEWS = 16_384  # (layer, kept count) pairs whose weight views are kept for reuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class PrunableLLM:
         self._order: torch.Tensor | None = None  # [n_layers, d_ff] original id at each position
         self._ranks = torch.arange(d_ff).expand(self.dims.n_layers, d_ff)  # position of neuron j
         self._undo: UndoPack | None = None
+        self._views: dict[tuple[int, int], tuple[nn.Parameter, tuple]] = {}  # see _prefix
         if orderings is not None:
             self._reorder(orderings)
 
@@ -253,7 +255,11 @@ class PrunableLLM:
                     down._parameters["weight"],
                 )
                 entries.append(LayerUndoEntry(layer, k, idx is None, *originals))
-                weights.append(_kept_weights(*originals, k, idx))
+                weights.append(
+                    self._prefix(layer, k, originals)
+                    if idx is None
+                    else _kept_weights(*originals, k, idx)
+                )
         for entry, new in zip(entries, weights):  # nothing can fail from here on
             for lin, weight in zip(self._mlps[entry.layer], new):
                 _set_weight(lin, weight)
@@ -294,6 +300,17 @@ class PrunableLLM:
             yield self
         finally:
             self.undo_prune()
+
+    def _prefix(self, layer: int, k: int, originals: tuple[nn.Parameter, ...]) -> tuple:
+        """Views of layer's first k neurons, made once per (layer, k) and reused: building three
+        views per layer costs more than the rest of a prune (a step re-prunes every item)."""
+        cached = self._views.get((layer, k))
+        if cached is None or cached[0] is not originals[0]:
+            if len(self._views) >= _MAX_CACHED_VIEWS:
+                self._views.clear()  # bounded: a few MB of Python objects, no tensor memory
+            cached = (originals[0], _kept_weights(*originals, k, None))
+            self._views[layer, k] = cached
+        return cached[1]
 
     def _plan(self, allocation: Kept | MaskFn) -> tuple[list[int], dict[int, torch.Tensor]]:
         """Kept count per layer, and kept positions (on device) of layers that are no prefix."""
