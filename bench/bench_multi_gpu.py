@@ -1,8 +1,10 @@
 """Several GPUs: env steps/s with one worker process per GPU (1 vs N), and a model spread over
 GPUs with device_map that still prunes on every layer.
 
-Builds a random-weight project on disk (SmolLM2-135M's architecture by default), then runs
-`main.py train` with `train.devices=[0]` and `[0, 1, ...]`. Run: python3 bench/bench_multi_gpu.py
+Builds a random-weight project on disk (SmolLM2-135M's architecture by default; `--arch
+llama-3.1-8b` builds the 8B on the GPU and saves it in bf16), then runs `main.py train` with
+`train.devices=[0]` and `[0, 1, ...]` at each of `--seq-lens`. The main process holds no model.
+Run: python3 bench/bench_multi_gpu.py --arch llama-3.1-8b --seq-lens 512 2048
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+
+import common as cm  # noqa: E402
 
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from tests.fixtures import make_tiny_project  # noqa: E402
@@ -29,6 +33,22 @@ ARCH = {  # SmolLM2-135M
     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
     "tie_word_embeddings": True, "max_position_embeddings": 2048,
 }  # fmt: skip
+
+
+def replace_model(root: Path, arch: str) -> None:
+    """Swap the project's tiny LLM for a random `arch` model (built on the GPU, saved in bf16)
+    and its importance file for random orderings of that shape."""
+    model = cm.build_model(arch, torch.device("cuda"), torch.bfloat16)
+    for key, value in (("bos_token_id", 1), ("eos_token_id", 2), ("pad_token_id", 3)):
+        setattr(model.config, key, value)
+    model.save_pretrained(root / "llm")
+    n_layers, d_ff = model.config.num_hidden_layers, model.config.intermediate_size
+    del model
+    torch.cuda.empty_cache()
+    data = json.loads((root / "importance.json").read_text())
+    data.update(n_layers=n_layers, intermediate_size=d_ff)
+    data["orderings"] = cm.random_orderings(n_layers, d_ff).tolist()
+    (root / "importance.json").write_text(json.dumps(data))
 
 
 def train_rate(config: Path, devices: list[int], steps: int, seq: int) -> dict:
@@ -70,21 +90,34 @@ def spread_check(llm_dir: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[512])
+    p.add_argument("--arch", default=None, help="bench.common.ARCHS name (default SmolLM2-135M)")
+    p.add_argument("--skip-spread", action="store_true", help="skip the device_map check")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     n = torch.cuda.device_count()
     root = Path(tempfile.mkdtemp())
     cfg = LlamaConfig(**ARCH, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    config = make_tiny_project(root, cfg, pages=40, train__n_envs=1, sac__batch_size=64)
-    rows = [train_rate(config, list(range(k)), args.steps, args.seq_len) for k in (1, n)]
-    result = {"gpu": torch.cuda.get_device_name(0), "n_gpus": n, "train": rows,
-              "device_map": spread_check(root / "llm")}  # fmt: skip
+    pages = 40 if args.arch is None else 120  # up to ~3k words: windows of 2048 tokens
+    config = make_tiny_project(root, cfg, pages=pages, train__n_envs=1, sac__batch_size=64)
+    if args.arch:
+        replace_model(root, args.arch)
+    rows = [
+        train_rate(config, list(range(k)), args.steps, seq) | {"seq_len": seq}
+        for seq in args.seq_lens
+        for k in (1, n)
+    ]
+    spread = None if args.skip_spread else spread_check(root / "llm")
+    result = {"gpu": torch.cuda.get_device_name(0), "n_gpus": n, "arch": args.arch or "smollm2",
+              "train": rows, "device_map": spread}  # fmt: skip
     print(json.dumps(result, indent=1))
-    print("\n| GPUs | env steps | learn s | steps/s |\n|---|---|---|---|")
+    print("\n| tokens | GPUs | env steps | learn s | steps/s |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['gpus']} | {r['steps']} | {r['learn_s']} | {r['steps_per_s']:.1f} |")
-    print(f"scaling {rows[-1]['steps_per_s'] / rows[0]['steps_per_s']:.2f}x on {n} GPUs")
+        print(f"| {r['seq_len']} | {r['gpus']} | {r['steps']} | {r['learn_s']} | "
+              f"{r['steps_per_s']:.1f} |")  # fmt: skip
+    for one, many in zip(rows[::2], rows[1::2]):
+        scale = many["steps_per_s"] / one["steps_per_s"]
+        print(f"{one['seq_len']} tokens: scaling {scale:.2f}x on {n} GPUs")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 
