@@ -5,6 +5,10 @@ and allocations: `requests(i)` gives the (context, targets) token windows of ite
 `metric(i, logliks)` turns their log-likelihoods into the item's metric (the reward's input),
 and `summary(indices, logliks)` aggregates items into the reported metrics (corpus word
 perplexity as lm-eval, accuracy). `score_task` scores items of a task under allocations.
+
+`context_rows(i)` says what each request may look at to choose its neurons (`env.neurons:
+context`): token rows the dense model reads, and per request how many leading rows are its
+context. It never includes a request's own targets, so the scored tokens stay unseen.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
+from pruning.context_importance import context_orderings
+from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
-from rl.batched import score_samples
+from rl.batched import Orderings, score_samples
 from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.windows import Window, rolling_windows, safe_exp, token_perplexity
+from rl.windows import Window, model_input, rolling_windows, safe_exp, token_perplexity
+
+ContextRows = tuple[list[list[int]], list[int]]  # (token rows, leading rows per request)
 
 
 class Task(Protocol):
@@ -32,6 +41,8 @@ class Task(Protocol):
     def metric(self, idx: int, logliks: Sequence[float]) -> float: ...
 
     def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict: ...
+
+    def context_rows(self, idx: int) -> ContextRows: ...
 
 
 class WindowTask:
@@ -61,6 +72,13 @@ class WindowTask:
         counts = [self._counts[i] for i in indices]
         return {"token_perplexity": token_perplexity([sum(ll) for ll in logliks], counts)}
 
+    def context_rows(self, idx: int) -> ContextRows:
+        del idx  # a training window does not know its document's earlier windows here
+        raise NotImplementedError(
+            "env.neurons=context is not supported on training windows (train, search) yet; "
+            "set env.neurons=global"
+        )
+
 
 class DocumentTask:
     """lm-eval's WikiText task: per-document word perplexity, corpus metrics as lm-eval."""
@@ -81,6 +99,13 @@ class DocumentTask:
     def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
         docs = [self.docs[i] for i in indices]
         return self.calculator.corpus_metrics(docs, [sum(ll) for ll in logliks])
+
+    def context_rows(self, idx: int) -> ContextRows:
+        """Window j's context: the input rows of windows 0..j-1 (all document tokens before its
+        targets but the last target of window j-1); the first window has none."""
+        windows = self.requests(idx)
+        rows = [model_input(c, t, self.max_length) for c, t in windows[:-1]]
+        return rows, list(range(len(windows)))
 
 
 class MMLUTask:
@@ -106,13 +131,34 @@ class MMLUTask:
         correct = [self.metric(i, ll) for i, ll in zip(indices, logliks, strict=True)]
         return {"acc": float(np.mean(correct)), "n": len(correct)}
 
+    def context_rows(self, idx: int) -> ContextRows:
+        """The prompt (the context of the question's requests), as the model reads it."""
+        requests = self.requests(idx)
+        prompt = list(requests[0][0])
+        return [prompt[-self.max_length :] if self.max_length else prompt], [1] * len(requests)
+
+
+def task_orderings(
+    model: PrunableLLM, task: Task, indices: Sequence[int], criterion: CriterionName
+) -> tuple[list[list[torch.Tensor | None]], int]:
+    """Context orderings per item per request (`score_task`'s `orderings`), computed once on the
+    dense model, and how many requests had no context (they fall back to the global order)."""
+    plans = [task.context_rows(i) for i in indices]
+    orderings = context_orderings(model, plans, criterion, task.batch_size)
+    return orderings, sum(o is None for item in orderings for o in item)
+
 
 def score_task(
-    model: PrunableLLM, task: Task, indices: Sequence[int], kept: np.ndarray | None
+    model: PrunableLLM,
+    task: Task,
+    indices: Sequence[int],
+    kept: np.ndarray | None,
+    orderings: Orderings | None = None,
 ) -> tuple[list[list[float]], np.ndarray]:
     """Log-likelihoods of items `indices` of `task`, item k under kept[k] ([n, n_layers] or
-    one [n_layers] allocation for all; None = dense). Returns (logliks per item, sparsity [n])."""
+    one [n_layers] allocation for all; None = dense); `orderings` per item (`task_orderings`):
+    context neurons, None: the global order. Returns (logliks per item, sparsity [n])."""
     if kept is not None and np.ndim(kept) == 1:
         kept = np.broadcast_to(kept, (len(indices), len(kept)))
     requests = [task.requests(i) for i in indices]
-    return score_samples(model, requests, kept, task.batch_size, task.max_length)
+    return score_samples(model, requests, kept, task.batch_size, task.max_length, orderings)
