@@ -17,7 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from commands.build import make_pruner, make_task
-from commands.common import new_run_dir, seed_everything, training_items, write_json
+from commands.common import (
+    new_run_dir,
+    reject_context_neurons,
+    seed_everything,
+    training_items,
+    write_json,
+)
 from commands.plots import plot_fitness
 from config import Config, ConfigError
 from models import load_models
@@ -112,6 +118,7 @@ def search_target(
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     del args
+    reject_context_neurons(cfg, "search")
     seed_everything(cfg.seed)
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
