@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from pruning.importance import CRITERIA, CriterionName
@@ -134,4 +135,5 @@ def keep_masks(
     """bool [n_layers, d_ff] in the model's CURRENT layout: the neurons whose rank in
     `orderings` [n_layers, d_ff] (original ids; None: the global order) is below kept[l]."""
     ranks = model.layout_ranks(orderings)
-    return ranks < torch.as_tensor(kept, dtype=torch.long)[:, None]
+    counts = torch.from_numpy(np.array(kept, dtype=np.int64))  # a copy: kept may be read-only
+    return ranks < counts[:, None]

@@ -71,6 +71,10 @@ def test_bad_input_is_one_line_exit_2(
         (["train", "--set", "sac.ent_coef=banana"], "sac.ent_coef='banana'"),
         (["train", "--set", "env.importance_file=/no/such.json"], "importance file"),
         (["train", "--resume", "/no/such/run"], "is not a train run folder"),
+        (["train", "--set", "env.neurons=context"], "not supported by train yet"),
+        (["search", "--set", "env.neurons=context"], "not supported by search yet"),
+        (["score", "--set", "env.neurons=context", "0.1,0.2,0.3"], f"needs {N_LAYERS} fractions"),
+        (["score", "--set", "env.neurons=contxt"], "env.neurons"),
     ],
 )
 def test_bad_command_input_writes_nothing(
@@ -110,6 +114,19 @@ def test_score_dense_and_uniform(project: Path, capsys: pytest.CaptureFixture) -
     half = last_json(capsys)
     assert half["sparsity"] == pytest.approx(0.5) and half["num_docs"] == 2
     assert half["word_perplexity"] != dense["word_perplexity"]
+
+
+def test_score_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", "--config", str(project), "uniform:0.5"]) == 0
+    plain = last_json(capsys)
+    argv = ["score", "--config", str(project), "uniform:0.5", "--set", "env.neurons=context"]
+    assert main(argv) == 0
+    context = last_json(capsys)
+    assert plain["neurons"] == "global" and context["neurons"] == "context"
+    assert context["context_fallbacks"] == 4  # the first window of each of the 4 documents
+    assert context["sparsity"] == plain["sparsity"] == pytest.approx(0.5)
+    assert context["word_perplexity"] != plain["word_perplexity"]
+    assert context["num_tokens"] == plain["num_tokens"]  # the same tokens are scored
 
 
 def test_importance_writes_orderings(project: Path) -> None:
@@ -164,6 +181,17 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     uniform = last_json(capsys)
     expected = result["sweep"][0]["arms"]["uniform"]["word_perplexity"]
     assert uniform["word_perplexity"] == pytest.approx(expected, rel=1e-9, abs=0)
+    # --neurons both: every pruned arm twice, at the same sparsity; the global arms unchanged
+    argv = ["eval", "--config", str(project), *agent, "--neurons", "both"]
+    assert main([*argv, "--set", "eval.targets=[0.25]"]) == 0
+    both = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    (point,) = both["sweep"]
+    assert set(point["arms"]) == ARMS | {f"{arm}_context" for arm in ARMS}
+    assert both["neurons"] == "both" and both["context_fallbacks"] == 4
+    for arm in ARMS:
+        row, ctx = point["arms"][arm], point["arms"][f"{arm}_context"]
+        assert ctx["sparsity"] == row["sparsity"]
+        assert row["word_perplexity"] == result["sweep"][0]["arms"][arm]["word_perplexity"]
 
 
 def test_corrupt_or_mismatched_agent(
@@ -196,3 +224,7 @@ def test_mmlu_score_train_eval(
     (point,) = last_json(capsys)["sweep"]
     assert point["target"] == 0.5 and set(point) == {"target", *ARMS} - {"policy_window"}
     assert all(0 <= point[arm] <= 1 for arm in ARMS - {"policy_window"})
+    context = ["--set", "env.neurons=context"]
+    assert main(["score", "--config", str(project), *mmlu, *context, "uniform:0.5"]) == 0
+    row = last_json(capsys)
+    assert row["neurons"] == "context" and row["context_fallbacks"] == 0  # prompts are context
