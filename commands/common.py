@@ -95,15 +95,6 @@ def load_split(data: DataConfig, split: str, seed: int = 0) -> list[Any]:
     return items
 
 
-def reject_context_neurons(cfg: Config, command: str) -> None:
-    """Commands that score training windows do not choose neurons from context yet."""
-    if cfg.env.neurons == "context":
-        raise ConfigError(
-            f"env.neurons=context is not supported by {command} yet (only score and eval); "
-            "set env.neurons=global"
-        )
-
-
 def check_limit(limit: int | None) -> int | None:
     """--limit: None (all items) or a positive number of items."""
     if limit is not None and limit < 1:

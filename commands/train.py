@@ -20,7 +20,6 @@ from commands.build import make_pruner, make_vec_env
 from commands.common import (
     new_run_dir,
     observations,
-    reject_context_neurons,
     resolve_path,
     seed_everything,
     training_items,
@@ -178,7 +177,6 @@ def save_final(
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    reject_context_neurons(cfg, "train")
     runs_dir = resolve_path(cfg.train.runs_dir)
     resume = find_run(args.resume, runs_dir) if args.resume else None
     if resume is not None:

@@ -54,10 +54,14 @@ class WindowTask:
         prefix_token: int,
         max_length: int,
         batch_size: int = 8,
+        contexts: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> None:
+        """contexts[i]: the windows of item i's document before it (context neurons only)."""
         self.max_length, self.batch_size = max_length, batch_size
         self._requests = [rolling_windows(list(t), prefix_token, max_length) for t in token_lists]
         self._counts = [max(len(t), 1) for t in token_lists]
+        self._prefix = prefix_token
+        self._contexts = contexts
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -73,11 +77,12 @@ class WindowTask:
         return {"token_perplexity": token_perplexity([sum(ll) for ll in logliks], counts)}
 
     def context_rows(self, idx: int) -> ContextRows:
-        del idx  # a training window does not know its document's earlier windows here
-        raise NotImplementedError(
-            "env.neurons=context is not supported on training windows (train, search) yet; "
-            "set env.neurons=global"
-        )
+        """The earlier windows of the item's document, each read after the prefix token as
+        the window itself is; the first window of a document has none."""
+        if self._contexts is None:
+            raise ValueError("this WindowTask was built without contexts (context neurons)")
+        rows = [[self._prefix, *w][: self.max_length] for w in self._contexts[idx] if w]
+        return rows, [len(rows)] * len(self._requests[idx])
 
 
 class DocumentTask:

@@ -71,8 +71,6 @@ def test_bad_input_is_one_line_exit_2(
         (["train", "--set", "sac.ent_coef=banana"], "sac.ent_coef='banana'"),
         (["train", "--set", "env.importance_file=/no/such.json"], "importance file"),
         (["train", "--resume", "/no/such/run"], "is not a train run folder"),
-        (["train", "--set", "env.neurons=context"], "not supported by train yet"),
-        (["search", "--set", "env.neurons=context"], "not supported by search yet"),
         (["score", "--set", "env.neurons=context", "0.1,0.2,0.3"], f"needs {N_LAYERS} fractions"),
         (["score", "--set", "env.neurons=contxt"], "env.neurons"),
     ],
@@ -127,6 +125,20 @@ def test_score_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> 
     assert context["sparsity"] == plain["sparsity"] == pytest.approx(0.5)
     assert context["word_perplexity"] != plain["word_perplexity"]
     assert context["num_tokens"] == plain["num_tokens"]  # the same tokens are scored
+
+
+def test_train_and_search_with_context_neurons(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    context = ["--set", "env.neurons=context", "--set", f"train.runs_dir={tmp_path}"]
+    steps = ["--set", "train.total_steps=4", "--set", "train.eval_after=false"]
+    assert main(["train", "--config", str(project), *context, *steps]) == 0
+    (run,) = tmp_path.glob("train_*")
+    assert json.loads((run / "train.json").read_text())["steps"] == 4
+    search = ["--set", "search.generations=2", "--set", "search.targets=[0.5]"]
+    assert main(["search", "--config", str(project), *context, *search]) == 0
+    (profile,) = last_json(capsys)["profiles"]
+    assert profile["fitness"] <= profile["uniform_fitness"]
 
 
 def test_importance_writes_orderings(project: Path) -> None:
@@ -228,3 +240,23 @@ def test_mmlu_score_train_eval(
     assert main(["score", "--config", str(project), *mmlu, *context, "uniform:0.5"]) == 0
     row = last_json(capsys)
     assert row["neurons"] == "context" and row["context_fallbacks"] == 0  # prompts are context
+
+
+def test_earlier_windows_are_the_documents_prefix(project: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from commands.build import earlier_windows
+    from commands.common import load_split, training_items
+    from config import load_config
+
+    cfg = load_config(project, ["env.neurons=context"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.llm)
+    items = training_items(cfg, tokenizer)
+    contexts = earlier_windows(cfg, tokenizer, items)
+    docs = load_split(cfg.data, cfg.data.train_split)
+    assert any(item.chunk_index > 0 for item in items)
+    for item, context in zip(items, contexts, strict=True):
+        assert len(context) == item.chunk_index
+        tokens = tokenizer.encode(docs[item.doc_index].text, add_special_tokens=False)
+        before = [t for window in context for t in window]
+        assert before + list(item.token_ids) == tokens[: len(before) + len(item.token_ids)]

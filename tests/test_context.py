@@ -10,7 +10,7 @@ from pruning.context_importance import context_orderings, keep_masks, row_statis
 from pruning.importance import collect_importance
 from rl.batched import score_samples
 from rl.metrics import score_requests
-from rl.tasks import DocumentTask, task_orderings
+from rl.tasks import DocumentTask, WindowTask, task_orderings
 from rl.windows import rolling_windows
 from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
 
@@ -113,3 +113,16 @@ def test_context_never_sees_scored_tokens() -> None:
     earlier[3] = tokens[3] % 96 + 1  # a token of window 0
     other, _ = document_masks(llm, earlier)
     assert all(not torch.equal(a, b) for a, b in zip(other[1:], masks[1:]))
+
+
+def test_training_window_context_is_its_documents_earlier_windows() -> None:
+    llm = tiny_llm()
+    gen = torch.Generator().manual_seed(6)
+    doc = [torch.randint(1, 97, (8,), generator=gen).tolist() for _ in range(3)]  # 3 windows
+    contexts = [[], doc[:1], doc[:2]]
+    task = WindowTask(doc, prefix_token=0, max_length=8, contexts=contexts)
+    orderings, fallbacks = task_orderings(llm, task, [0, 1, 2], "mean_abs_activation")
+    assert fallbacks == 1 and orderings[0] == [None]
+    rows = [[0, *doc[0]][:8], [0, *doc[1]][:8]]
+    expected = context_orderings(llm, [(rows, [1, 2])], "mean_abs_activation")[0]
+    assert torch.equal(orderings[1][0], expected[0]) and torch.equal(orderings[2][0], expected[1])
