@@ -72,6 +72,10 @@ class EnvConfig(_Section):
     mmlu_mode: Literal["letter", "choice_text"] = "letter"  # lm-eval's acc, or the seed's scoring
     mmlu_num_fewshot: int = Field(default=0, ge=0, le=5)  # dev-split examples in MMLU prompts
     batch_size: int = Field(default=8, gt=0)  # windows per forward pass when scoring
+    # which neurons a layer keeps: global = the importance file's top kept[l] for every input;
+    # context = the top kept[l] by importance.criterion on the dense model's activations over the
+    # input's own context (earlier windows of its document, an MMLU prompt), never its targets
+    neurons: Literal["global", "context"] = "global"
 
     @property
     def targets(self) -> tuple[float, float] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from commands import evaluate, export, importance, score, search, train
+from commands import evaluate, export, generate, importance, score, search, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -13,4 +13,5 @@ COMMANDS: dict[str, ModuleType] = {
     "score": score,
     "search": search,
     "export": export,
+    "generate": generate,
 }

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from commands.common import importance_path, make_source
+from commands.common import importance_path, load_split, make_source
 from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
 from pruning.create_pruning_mask import read_importance_json
 from pruning.prunable_llm import PrunableLLM
+from rl.data_source import chunk_documents
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
 from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
@@ -77,8 +78,21 @@ def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Ta
     if items and hasattr(items[0], "token_ids"):  # training windows
         calc = perplexity_calculator(cfg, llm, tokenizer)
         tokens = [list(c.token_ids) for c in items]
-        return WindowTask(tokens, calc.prefix_token, cfg.env.max_length, cfg.env.batch_size)
+        contexts = earlier_windows(cfg, tokenizer, items) if cfg.env.neurons == "context" else None
+        env = cfg.env
+        return WindowTask(tokens, calc.prefix_token, env.max_length, env.batch_size, contexts)
     return DocumentTask(perplexity_calculator(cfg, llm, tokenizer), items)
+
+
+def earlier_windows(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> list[list[list[int]]]:
+    """Per training window: the token lists of its document's windows before it (the windows
+    are a sample of the split, so the document is cut again to find them)."""
+    chunks = chunk_documents(load_split(cfg.data, cfg.data.train_split, cfg.seed), tokenizer,
+                             cfg.env.max_length)  # fmt: skip
+    by_doc: dict[int, list[list[int]]] = {}
+    for chunk in chunks:  # in order: chunk_index counts up within a document
+        by_doc.setdefault(chunk.doc_index, []).append(list(chunk.token_ids))
+    return [by_doc[item.doc_index][: item.chunk_index] for item in items]
 
 
 def make_reward_fn(cfg: Config) -> RewardFn:
@@ -94,7 +108,8 @@ def make_bandit(
 ) -> PruningBandit:
     task = make_task(cfg, pruner.llm, tokenizer, items)
     action_map = pruner.action_map(cfg.env.targets)
-    return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg))
+    criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
+    return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg), criterion)
 
 
 def make_env(

@@ -13,7 +13,9 @@ reached) every arm prunes exactly the same share of MLP neurons of the same item
 | policy_doc | the policy per document (embedding of its first 512 tokens) |
 | policy_window | the policy per rolling window (embedding of the window's own text) |
 
-Every arm is scored by the same code as `score` (`rl.tasks.score_task`).
+Every arm is scored by the same code as `score` (`rl.tasks.score_task`). With context neurons
+(`env.neurons: context`, or `--neurons context|both`) every pruned arm is also scored with each
+window choosing its neurons from its own context; those arms carry the suffix `_context`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pruning.allocation import kept_counts, project_to_target, sparsity_of
 from rl.batched import score_samples
 from rl.checkpoints import load_agent
 from rl.env import ActionMap, observe
-from rl.tasks import DocumentTask, Task, score_task
+from rl.tasks import DocumentTask, Task, score_task, task_orderings
 
 HELP = (
     "Evaluate the policy on data.eval_split against dense, uniform, first/last-2-dense, the "
@@ -57,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default=None, help="agent .zip (default: eval.agent or newest)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     parser.add_argument("--profile", default=None, help="search profile.json (eval.profile)")
+    parser.add_argument(
+        "--neurons",
+        choices=("global", "context", "both"),
+        default=None,
+        help="which neurons the arms keep (default: env.neurons); both: every arm twice",
+    )
 
 
 def newest_agent(runs_dir: Path) -> Path:
@@ -113,19 +121,34 @@ class Evaluator:
             self.windows = window_requests(self.task)
             texts = [models.tokenizer.decode(r[0][1]) for r in self.windows[0]]
             self.window_obs = observations(models, cfg.data, texts)
+        self.criterion = cfg.importance.criterion
+        self.orderings: list[list[Any]] | None = None  # per item per request, once
+        self.context_fallbacks = 0
 
-    def per_item(self, kept: np.ndarray) -> tuple[dict, np.ndarray]:
+    def context(self, on: bool) -> list[list[Any]] | None:
+        """The items' context orderings (computed on first use), or None for global neurons."""
+        if on and self.orderings is None:
+            indices = list(range(len(self.task)))
+            self.orderings, self.context_fallbacks = task_orderings(
+                self.pruner.llm, self.task, indices, self.criterion
+            )
+        return self.orderings if on else None
+
+    def per_item(self, kept: np.ndarray, context: bool = False) -> tuple[dict, np.ndarray]:
         """kept [n_items, L] (or one [L] for all) -> (summary, kept per item)."""
         kept = np.broadcast_to(kept, (len(self.task), self.pruner.llm.n_layers))
-        lls, _ = score_task(self.pruner.llm, self.task, list(range(len(self.task))), kept)
+        indices = list(range(len(self.task)))
+        lls, _ = score_task(self.pruner.llm, self.task, indices, kept, self.context(context))
         return summarize(self.task, lls, kept, self.width), kept
 
-    def per_window(self, kept: np.ndarray) -> dict:
+    def per_window(self, kept: np.ndarray, context: bool = False) -> dict:
         """kept [n_windows, L]: each rolling window under its own allocation."""
         assert self.windows is not None
         requests, owner = self.windows
         t = self.task
-        lls, _ = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length)
+        item_orders = self.context(context)
+        orders = None if item_orders is None else [[o] for item in item_orders for o in item]
+        lls, _ = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orders)
         per_item = [[] for _ in range(len(t))]
         for k, ll in enumerate(lls):
             per_item[owner[k]] += ll
@@ -139,7 +162,10 @@ def evaluate_agent(
     agent_path: Path,
     limit: int | None = None,
     profile: str | None = None,
+    neurons: str | None = None,
 ) -> dict[str, Any]:
+    neurons = neurons or cfg.env.neurons
+    modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
     ev = Evaluator(cfg, models, pruner, items)
     action_map = pruner.action_map(cfg.env.targets)
@@ -155,20 +181,9 @@ def evaluate_agent(
     for target in targets:
         doc_kept = policy_kept(agent, ev.doc_obs, target, action_map)
         arms: dict[str, dict] = {}
-        arms["policy_doc"], _ = ev.per_item(doc_kept)
-        matched = target if target is not None else arms["policy_doc"]["sparsity"]
-        for name in STATIC_ARMS:
-            arms[name], _ = ev.per_item(
-                baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
-            )
-        if profile:
-            searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
-            if searched is not None:
-                arms["searched"], _ = ev.per_item(searched)
-        arms["policy_mean"], _ = ev.per_item(mean_profile(doc_kept, target, action_map))
-        if ev.windows is not None:
-            win_kept = policy_kept(agent, ev.window_obs, target, action_map)
-            arms["policy_window"] = ev.per_window(win_kept)
+        for context in modes:
+            arms |= score_arms(ev, agent, action_map, target, doc_kept, profile, context)
+        matched = target if target is not None else arms[next(iter(arms))]["sparsity"]
         sweep.append({"target": matched, "arms": arms})
         profiles[f"{matched:.4f}"] = {
             "mean_fractions": (1 - doc_kept.mean(0) / pruner.width).round(4).tolist(),
@@ -182,6 +197,8 @@ def evaluate_agent(
         "max_length": cfg.env.max_length,
         "num_items": len(items),
         "profile": profile,
+        "neurons": neurons,
+        "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
         "dense": dense,
         "sweep": sweep,
         "policy_profiles": profiles,
@@ -195,6 +212,36 @@ def evaluate_agent(
     print(f"wrote {run_dir / 'eval.json'}")
     print(json.dumps({"run": str(run_dir), "sweep": headline(result)}))
     return result
+
+
+def score_arms(
+    ev: Evaluator,
+    agent: Any,
+    action_map: ActionMap,
+    target: float | None,
+    doc_kept: np.ndarray,
+    profile: str | None,
+    context: bool,
+) -> dict[str, dict]:
+    """Every pruned arm at `target` (a trade-off policy: at its own sparsity), with global or
+    context neurons (then each arm's name ends in `_context`)."""
+    suffix = "_context" if context else ""
+    pruner, n_layers = ev.pruner, ev.pruner.llm.n_layers
+    arms: dict[str, dict] = {}
+    arms["policy_doc"], _ = ev.per_item(doc_kept, context)
+    matched = target if target is not None else arms["policy_doc"]["sparsity"]
+    for name in STATIC_ARMS:
+        kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
+        arms[name], _ = ev.per_item(kept, context)
+    if profile:
+        searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
+        if searched is not None:
+            arms["searched"], _ = ev.per_item(searched, context)
+    arms["policy_mean"], _ = ev.per_item(mean_profile(doc_kept, target, action_map), context)
+    if ev.windows is not None:
+        win_kept = policy_kept(agent, ev.window_obs, target, action_map)
+        arms["policy_window"] = ev.per_window(win_kept, context)
+    return {name + suffix: row for name, row in arms.items()}
 
 
 def searched_kept(path: Path, target: float, n_layers: int, pruner: Pruner) -> np.ndarray | None:
@@ -243,5 +290,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if not agent_path.is_file():
         raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
     models = load_models(cfg.model)
-    evaluate_agent(cfg, models, make_pruner(cfg, models), agent_path, limit, args.profile)
+    pruner = make_pruner(cfg, models)
+    evaluate_agent(cfg, models, pruner, agent_path, limit, args.profile, args.neurons)
     return 0

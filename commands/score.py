@@ -22,7 +22,8 @@ from commands.common import (
 from config import Config
 from models import load_models, model_shape
 from pruning.prunable_llm import PrunableLLM
-from rl.tasks import Task, score_task
+from rl.batched import Orderings
+from rl.tasks import Task, score_task, task_orderings
 
 HELP = (
     "Score a fixed allocation without an agent: 'dense', 'uniform:<fraction>', a comma list of "
@@ -43,13 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=None, help="target of a profile file")
 
 
-def score_allocation(model: Any, task: Task, kept: np.ndarray | None) -> dict[str, Any]:
-    """Task summary of every item under one allocation (kept [n_layers]; None = dense).
+def score_allocation(
+    model: Any, task: Task, kept: np.ndarray | None, orderings: Orderings | None = None
+) -> dict[str, Any]:
+    """Task summary of every item under one allocation (kept [n_layers]; None = dense), with
+    context neurons when `orderings` (per item, `rl.tasks.task_orderings`) are given.
 
     The same scoring code as `eval`'s arms and the environment (`rl.tasks.score_task`)."""
     start = time.perf_counter()
     indices = list(range(len(task)))
-    lls, sparsity = score_task(model, task, indices, kept)
+    lls, sparsity = score_task(model, task, indices, kept, orderings)
     metrics = task.summary(indices, lls)
     seconds = time.perf_counter() - start
     tokens = metrics.get("num_tokens")
@@ -77,13 +81,27 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     else:
         model = PrunableLLM(models.llm)
     task = make_task(cfg, model, models.tokenizer, items)
-    result = score_allocation(model, task, to_kept(fractions, width, cfg.env.align))
+    context: dict[str, Any] = {}
+    orderings = None
+    if cfg.env.neurons == "context" and fractions is not None:
+        start = time.perf_counter()
+        orderings, fallbacks = task_orderings(
+            model, task, list(range(len(task))), cfg.importance.criterion
+        )
+        context = {
+            "criterion": cfg.importance.criterion,
+            "context_fallbacks": fallbacks,  # requests without context: global order
+            "context_seconds": round(time.perf_counter() - start, 3),
+        }
+    result = score_allocation(model, task, to_kept(fractions, width, cfg.env.align), orderings)
     result = {
         "task": cfg.data.dataset,
         "split": split,
         "max_length": cfg.env.max_length,
         "allocation": args.allocation,
         "fractions": None if fractions is None else fractions.tolist(),
+        "neurons": cfg.env.neurons,
+        **context,
         **result,
     }
     run_dir = new_run_dir(cfg, "score")

@@ -17,14 +17,20 @@ import numpy as np
 from tqdm import tqdm
 
 from commands.build import make_pruner, make_task
-from commands.common import new_run_dir, seed_everything, training_items, write_json
+from commands.common import (
+    new_run_dir,
+    seed_everything,
+    training_items,
+    write_json,
+)
 from commands.plots import plot_fitness
 from config import Config, ConfigError
 from models import load_models
+from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from pruning.search import Fitness, SearchResult, evolve
 from rl.batched import score_samples
-from rl.tasks import Task
+from rl.tasks import Task, task_orderings
 
 HELP = (
     "Search a static per-layer allocation at each of search.targets (EvoPress-style evolution on "
@@ -36,13 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # everything is in the `search:` config section
 
 
-def window_fitness(model: PrunableLLM, task: Task) -> Fitness:
-    """fitness(kept [n, L], windows [w]) -> summed NLL [n]: n * w samples in one batched call."""
+def window_fitness(model: PrunableLLM, task: Task, criterion: CriterionName | None) -> Fitness:
+    """fitness(kept [n, L], windows [w]) -> summed NLL [n]: n * w samples in one batched call.
+    criterion: None = global neurons, else each window's context neurons (computed once)."""
+    orderings = None
+    if criterion is not None:
+        orderings, _ = task_orderings(model, task, list(range(len(task))), criterion)
 
     def fitness(kept: np.ndarray, windows: np.ndarray) -> np.ndarray:
         requests = [task.requests(int(w)) for _ in kept for w in windows]
         per_sample = np.repeat(kept, len(windows), axis=0)  # [n * w, L]
-        logliks, _ = score_samples(model, requests, per_sample, task.batch_size, task.max_length)
+        orders = None if orderings is None else [orderings[int(w)] for _ in kept for w in windows]
+        t = task
+        logliks, _ = score_samples(model, requests, per_sample, t.batch_size, t.max_length, orders)
         nll = -np.array([sum(ll) for ll in logliks])  # [n * w]
         return nll.reshape(len(kept), len(windows)).sum(1)
 
@@ -120,7 +132,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     tokens = np.array([sum(len(t) for _, t in task.requests(i)) for i in range(len(task))])
     shape = (pruner.llm.n_layers, pruner.width, pruner.align)
     run_dir = new_run_dir(cfg, "search")
-    fitness = window_fitness(pruner.llm, task)
+    criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
+    fitness = window_fitness(pruner.llm, task, criterion)
     profiles = [search_target(cfg, fitness, t, shape, tokens) for t in cfg.search.targets]
     result = {
         "model": cfg.model.llm,
@@ -129,6 +142,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "align": shape[2],
         "importance_file": str(pruner.orderings_file),
         "calibration": len(items),
+        "neurons": cfg.env.neurons,
         "tokens_per_evaluation": int(tokens.sum()),
         "profiles": profiles,
     }

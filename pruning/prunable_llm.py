@@ -178,6 +178,20 @@ class PrunableLLM:
         """[n_layers, d_ff] original neuron index stored at each position, None if not reordered."""
         return None if self._order is None else self._order.clone()
 
+    def layout_ranks(self, orderings: torch.Tensor | None = None) -> torch.Tensor:
+        """Rank of the neuron at each CURRENT position, int64 [..., n_layers, d_ff], under
+        `orderings` [..., n_layers, d_ff] (original ids, most important first); None: the
+        global importance order, i.e. the positions themselves (0, 1, 2, ...)."""
+        dims = (self.dims.n_layers, self.dims.intermediate_size)
+        if orderings is None:
+            return torch.arange(dims[1]).expand(dims).clone()
+        order = orderings.to(device="cpu", dtype=torch.long)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(-1, order, torch.arange(dims[1]).expand_as(order))  # by original id
+        if self._order is None:
+            return ranks
+        return torch.gather(ranks, -1, self._order.expand_as(order))
+
     # ---- neuron order --------------------------------------------------------------------------
     def _reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
         """Permute neurons in place so position i of layer l holds original neuron orderings[l][i].

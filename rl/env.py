@@ -17,9 +17,10 @@ import numpy as np
 from gymnasium import spaces
 
 from pruning.allocation import kept_counts, project_to_target, sparsity_of
+from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from rl.reward import RewardFn
-from rl.tasks import Task, score_task
+from rl.tasks import Task, score_task, task_orderings
 
 
 def action_to_fractions(action: np.ndarray) -> np.ndarray:
@@ -82,7 +83,10 @@ class PruningBandit:
         embeddings: np.ndarray,
         action_map: ActionMap,
         reward_fn: RewardFn,
+        criterion: CriterionName | None = None,
     ) -> None:
+        """criterion: None = global neurons; else each item keeps the neurons its context
+        ranks first by this criterion (`env.neurons: context`)."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # [n_items, dim]
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise ValueError(f"embeddings must be [n_items > 0, dim], got {embeddings.shape}")
@@ -93,6 +97,8 @@ class PruningBandit:
         self.model, self.task, self.reward_fn = model, task, reward_fn
         self.embeddings, self.action_map = embeddings, action_map
         self.dense = np.full(len(task), np.nan)  # [n_items] metric of the unpruned model
+        self.criterion = criterion
+        self._orderings: dict[int, list] = {}  # item -> context ordering per request, cached
 
     @property
     def n_items(self) -> int:
@@ -121,13 +127,25 @@ class PruningBandit:
                 self.dense[i] = self.task.metric(i, lls[0])
         return self.dense[np.asarray(indices, dtype=np.int64)]
 
+    def orderings(self, indices: Sequence[int]) -> list[list] | None:
+        """Context orderings of the items (computed once per item on the dense model), or None
+        for global neurons."""
+        if self.criterion is None:
+            return None
+        missing = sorted({int(i) for i in indices} - self._orderings.keys())
+        if missing:
+            found, _ = task_orderings(self.model, self.task, missing, self.criterion)
+            self._orderings.update(zip(missing, found, strict=True))
+        return [self._orderings[int(i)] for i in indices]
+
     def step(
         self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L]."""
         kept = self.action_map.kept(actions, targets)  # [n, L]
         dense = self.dense_metrics(indices)
-        lls, _ = score_task(self.model, self.task, list(indices), kept)
+        orderings = self.orderings(indices)
+        lls, _ = score_task(self.model, self.task, list(indices), kept, orderings)
         sparsity = sparsity_of(kept, self.action_map.width)
         rewards = np.zeros(len(indices), dtype=np.float32)
         infos = []

@@ -5,6 +5,10 @@ and allocations: `requests(i)` gives the (context, targets) token windows of ite
 `metric(i, logliks)` turns their log-likelihoods into the item's metric (the reward's input),
 and `summary(indices, logliks)` aggregates items into the reported metrics (corpus word
 perplexity as lm-eval, accuracy). `score_task` scores items of a task under allocations.
+
+`context_rows(i)` says what each request may look at to choose its neurons (`env.neurons:
+context`): token rows the dense model reads, and per request how many leading rows are its
+context. It never includes a request's own targets, so the scored tokens stay unseen.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
+from pruning.context_importance import context_orderings
+from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
-from rl.batched import score_samples
+from rl.batched import Orderings, score_samples
 from rl.metrics import PerplexityCalculator
 from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.windows import Window, rolling_windows, safe_exp, token_perplexity
+from rl.windows import Window, model_input, rolling_windows, safe_exp, token_perplexity
+
+ContextRows = tuple[list[list[int]], list[int]]  # (token rows, leading rows per request)
 
 
 class Task(Protocol):
@@ -33,6 +42,8 @@ class Task(Protocol):
 
     def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict: ...
 
+    def context_rows(self, idx: int) -> ContextRows: ...
+
 
 class WindowTask:
     """Token perplexity of training windows (token lists), each scored after `prefix_token`."""
@@ -43,10 +54,14 @@ class WindowTask:
         prefix_token: int,
         max_length: int,
         batch_size: int = 8,
+        contexts: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> None:
+        """contexts[i]: the windows of item i's document before it (context neurons only)."""
         self.max_length, self.batch_size = max_length, batch_size
         self._requests = [rolling_windows(list(t), prefix_token, max_length) for t in token_lists]
         self._counts = [max(len(t), 1) for t in token_lists]
+        self._prefix = prefix_token
+        self._contexts = contexts
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -60,6 +75,14 @@ class WindowTask:
     def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
         counts = [self._counts[i] for i in indices]
         return {"token_perplexity": token_perplexity([sum(ll) for ll in logliks], counts)}
+
+    def context_rows(self, idx: int) -> ContextRows:
+        """The earlier windows of the item's document, each read after the prefix token as
+        the window itself is; the first window of a document has none."""
+        if self._contexts is None:
+            raise ValueError("this WindowTask was built without contexts (context neurons)")
+        rows = [[self._prefix, *w][: self.max_length] for w in self._contexts[idx] if w]
+        return rows, [len(rows)] * len(self._requests[idx])
 
 
 class DocumentTask:
@@ -81,6 +104,13 @@ class DocumentTask:
     def summary(self, indices: Sequence[int], logliks: Sequence[Sequence[float]]) -> dict:
         docs = [self.docs[i] for i in indices]
         return self.calculator.corpus_metrics(docs, [sum(ll) for ll in logliks])
+
+    def context_rows(self, idx: int) -> ContextRows:
+        """Window j's context: the input rows of windows 0..j-1 (all document tokens before its
+        targets but the last target of window j-1); the first window has none."""
+        windows = self.requests(idx)
+        rows = [model_input(c, t, self.max_length) for c, t in windows[:-1]]
+        return rows, list(range(len(windows)))
 
 
 class MMLUTask:
@@ -106,13 +136,34 @@ class MMLUTask:
         correct = [self.metric(i, ll) for i, ll in zip(indices, logliks, strict=True)]
         return {"acc": float(np.mean(correct)), "n": len(correct)}
 
+    def context_rows(self, idx: int) -> ContextRows:
+        """The prompt (the context of the question's requests), as the model reads it."""
+        requests = self.requests(idx)
+        prompt = list(requests[0][0])
+        return [prompt[-self.max_length :] if self.max_length else prompt], [1] * len(requests)
+
+
+def task_orderings(
+    model: PrunableLLM, task: Task, indices: Sequence[int], criterion: CriterionName
+) -> tuple[list[list[torch.Tensor | None]], int]:
+    """Context orderings per item per request (`score_task`'s `orderings`), computed once on the
+    dense model, and how many requests had no context (they fall back to the global order)."""
+    plans = [task.context_rows(i) for i in indices]
+    orderings = context_orderings(model, plans, criterion, task.batch_size)
+    return orderings, sum(o is None for item in orderings for o in item)
+
 
 def score_task(
-    model: PrunableLLM, task: Task, indices: Sequence[int], kept: np.ndarray | None
+    model: PrunableLLM,
+    task: Task,
+    indices: Sequence[int],
+    kept: np.ndarray | None,
+    orderings: Orderings | None = None,
 ) -> tuple[list[list[float]], np.ndarray]:
     """Log-likelihoods of items `indices` of `task`, item k under kept[k] ([n, n_layers] or
-    one [n_layers] allocation for all; None = dense). Returns (logliks per item, sparsity [n])."""
+    one [n_layers] allocation for all; None = dense); `orderings` per item (`task_orderings`):
+    context neurons, None: the global order. Returns (logliks per item, sparsity [n])."""
     if kept is not None and np.ndim(kept) == 1:
         kept = np.broadcast_to(kept, (len(indices), len(kept)))
     requests = [task.requests(i) for i in indices]
-    return score_samples(model, requests, kept, task.batch_size, task.max_length)
+    return score_samples(model, requests, kept, task.batch_size, task.max_length, orderings)

@@ -71,6 +71,8 @@ def test_bad_input_is_one_line_exit_2(
         (["train", "--set", "sac.ent_coef=banana"], "sac.ent_coef='banana'"),
         (["train", "--set", "env.importance_file=/no/such.json"], "importance file"),
         (["train", "--resume", "/no/such/run"], "is not a train run folder"),
+        (["score", "--set", "env.neurons=context", "0.1,0.2,0.3"], f"needs {N_LAYERS} fractions"),
+        (["score", "--set", "env.neurons=contxt"], "env.neurons"),
     ],
 )
 def test_bad_command_input_writes_nothing(
@@ -110,6 +112,33 @@ def test_score_dense_and_uniform(project: Path, capsys: pytest.CaptureFixture) -
     half = last_json(capsys)
     assert half["sparsity"] == pytest.approx(0.5) and half["num_docs"] == 2
     assert half["word_perplexity"] != dense["word_perplexity"]
+
+
+def test_score_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", "--config", str(project), "uniform:0.5"]) == 0
+    plain = last_json(capsys)
+    argv = ["score", "--config", str(project), "uniform:0.5", "--set", "env.neurons=context"]
+    assert main(argv) == 0
+    context = last_json(capsys)
+    assert plain["neurons"] == "global" and context["neurons"] == "context"
+    assert context["context_fallbacks"] == 4  # the first window of each of the 4 documents
+    assert context["sparsity"] == plain["sparsity"] == pytest.approx(0.5)
+    assert context["word_perplexity"] != plain["word_perplexity"]
+    assert context["num_tokens"] == plain["num_tokens"]  # the same tokens are scored
+
+
+def test_train_and_search_with_context_neurons(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    context = ["--set", "env.neurons=context", "--set", f"train.runs_dir={tmp_path}"]
+    steps = ["--set", "train.total_steps=4", "--set", "train.eval_after=false"]
+    assert main(["train", "--config", str(project), *context, *steps]) == 0
+    (run,) = tmp_path.glob("train_*")
+    assert json.loads((run / "train.json").read_text())["steps"] == 4
+    search = ["--set", "search.generations=2", "--set", "search.targets=[0.5]"]
+    assert main(["search", "--config", str(project), *context, *search]) == 0
+    (profile,) = last_json(capsys)["profiles"]
+    assert profile["fitness"] <= profile["uniform_fitness"]
 
 
 def test_importance_writes_orderings(project: Path) -> None:
@@ -164,6 +193,17 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     uniform = last_json(capsys)
     expected = result["sweep"][0]["arms"]["uniform"]["word_perplexity"]
     assert uniform["word_perplexity"] == pytest.approx(expected, rel=1e-9, abs=0)
+    # --neurons both: every pruned arm twice, at the same sparsity; the global arms unchanged
+    argv = ["eval", "--config", str(project), *agent, "--neurons", "both"]
+    assert main([*argv, "--set", "eval.targets=[0.25]"]) == 0
+    both = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    (point,) = both["sweep"]
+    assert set(point["arms"]) == ARMS | {f"{arm}_context" for arm in ARMS}
+    assert both["neurons"] == "both" and both["context_fallbacks"] == 4
+    for arm in ARMS:
+        row, ctx = point["arms"][arm], point["arms"][f"{arm}_context"]
+        assert ctx["sparsity"] == row["sparsity"]
+        assert row["word_perplexity"] == result["sweep"][0]["arms"][arm]["word_perplexity"]
 
 
 def test_corrupt_or_mismatched_agent(
@@ -196,3 +236,27 @@ def test_mmlu_score_train_eval(
     (point,) = last_json(capsys)["sweep"]
     assert point["target"] == 0.5 and set(point) == {"target", *ARMS} - {"policy_window"}
     assert all(0 <= point[arm] <= 1 for arm in ARMS - {"policy_window"})
+    context = ["--set", "env.neurons=context"]
+    assert main(["score", "--config", str(project), *mmlu, *context, "uniform:0.5"]) == 0
+    row = last_json(capsys)
+    assert row["neurons"] == "context" and row["context_fallbacks"] == 0  # prompts are context
+
+
+def test_earlier_windows_are_the_documents_prefix(project: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from commands.build import earlier_windows
+    from commands.common import load_split, training_items
+    from config import load_config
+
+    cfg = load_config(project, ["env.neurons=context"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.llm)
+    items = training_items(cfg, tokenizer)
+    contexts = earlier_windows(cfg, tokenizer, items)
+    docs = load_split(cfg.data, cfg.data.train_split)
+    assert any(item.chunk_index > 0 for item in items)
+    for item, context in zip(items, contexts, strict=True):
+        assert len(context) == item.chunk_index
+        tokens = tokenizer.encode(docs[item.doc_index].text, add_special_tokens=False)
+        before = [t for window in context for t in window]
+        assert before + list(item.token_ids) == tokens[: len(before) + len(item.token_ids)]

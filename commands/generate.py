@@ -1,0 +1,133 @@
+"""`generate`: greedy text generation on the MLP neurons each prompt chooses for itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from commands.allocations import parse_allocation, to_kept
+from commands.build import Pruner, make_pruner
+from commands.common import new_run_dir, observations, resolve_path, seed_everything, write_json
+from config import Config, ConfigError
+from models import LoadedModels, load_models, model_shape
+from pruning.generation import generate_narrowed
+from rl.checkpoints import load_agent
+
+HELP = (
+    "Generate from --prompt / --prompts-file with a fixed allocation (as `score` takes) or a "
+    "policy (--agent --target): each layer keeps the top-k neurons of the prompt's own dense "
+    "activations (env.neurons=context) or the global order. Prints text and tokens/s."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("allocation", nargs="?", default="dense", help="as `score` (dense)")
+    parser.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    parser.add_argument("--prompts-file", default=None, help="a text file, one prompt a line")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (32)")
+    parser.add_argument("--target", type=float, default=None, help="profile or policy target")
+    parser.add_argument("--agent", default=None, help="a trained agent .zip: per-prompt allocation")
+    parser.add_argument(
+        "--neurons", choices=("global", "context"), default=None, help="default: env.neurons"
+    )
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise ConfigError(f"--prompts-file {path} does not exist")
+        prompts += [line for line in path.read_text().splitlines() if line.strip()]
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ConfigError("give at least one non-empty prompt: --prompt TEXT or --prompts-file F")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.agent and args.target is None:
+        raise ConfigError("--agent needs --target (the MLP sparsity the policy should meet)")
+    return prompts
+
+
+def fit_context(tokens: list[int], limit: int, max_new_tokens: int, index: int) -> list[int]:
+    """Keep the prompt's last tokens when prompt + new tokens exceed the model's context."""
+    room = limit - max_new_tokens
+    if room < 1:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room in a {limit} context")
+    if len(tokens) > room:
+        print(
+            f"warning: prompt {index} has {len(tokens)} tokens; kept its last {room} "
+            f"(context {limit} - {max_new_tokens} new tokens)",
+            file=sys.stderr,
+        )
+        return tokens[-room:]
+    return tokens
+
+
+def allocations(
+    cfg: Config, args: argparse.Namespace, models: LoadedModels, pruner: Pruner, prompts: list[str]
+) -> np.ndarray | None:
+    """kept [n_prompts, n_layers] (None: dense for all)."""
+    n_layers, width = model_shape(models.llm)
+    if args.agent is None:
+        fractions = parse_allocation(args.allocation, n_layers, args.target)
+        kept = to_kept(fractions, width, cfg.env.align)
+        return None if kept is None else np.tile(kept, (len(prompts), 1))
+    from commands.evaluate import policy_kept
+
+    action_map = pruner.action_map(cfg.env.targets)
+    obs = observations(models, cfg.data, prompts)
+    agent = load_agent(resolve_path(args.agent), obs.shape[1] + action_map.budget, n_layers)
+    return policy_kept(agent, obs, args.target, action_map)
+
+
+def generate_one(
+    cfg: Config, args: argparse.Namespace, models: LoadedModels, pruner: Pruner, prompt: tuple
+) -> dict:
+    """Generate for one (index, text, kept [n_layers] or None, neurons); print it; its row."""
+    i, text, kept, neurons = prompt
+    limit = int(getattr(models.llm.config, "max_position_embeddings", 2048))
+    tokens = fit_context(list(models.tokenizer.encode(text)), limit, args.max_new_tokens, i)
+    out = generate_narrowed(
+        pruner.llm, tokens, kept, args.max_new_tokens, neurons, cfg.importance.criterion
+    )
+    completion = models.tokenizer.decode(out.tokens, skip_special_tokens=True)
+    sparsity = 0.0 if kept is None else float(1 - kept.sum() / (len(kept) * pruner.width))
+    print(f"--- prompt {i}\n{text}{completion}")
+    print(
+        f"({len(out.tokens)} tokens, {out.tokens_per_second:.1f} tokens/s, sparsity {sparsity:.3f})"
+    )
+    return {
+        "prompt": text,
+        "prompt_tokens": len(tokens),
+        "completion": completion,
+        "tokens": out.tokens,
+        "sparsity": sparsity,
+        "prefill_seconds": round(out.prefill_seconds, 4),
+        "decode_seconds": round(out.decode_seconds, 4),
+        "tokens_per_second": round(out.tokens_per_second, 2),
+    }
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    prompts = read_prompts(args)
+    seed_everything(cfg.seed)
+    neurons = args.neurons or cfg.env.neurons
+    models = load_models(cfg.model)
+    pruner = make_pruner(cfg, models)
+    kept = allocations(cfg, args, models, pruner, prompts)
+    rows = [
+        generate_one(
+            cfg, args, models, pruner, (i, text, None if kept is None else kept[i], neurons)
+        )
+        for i, text in enumerate(prompts)
+    ]
+    result = {"allocation": args.allocation, "agent": args.agent, "neurons": neurons}
+    run_dir = new_run_dir(cfg, "generate")
+    write_json(run_dir / "generate.json", result | {"results": rows})
+    speeds = [r["tokens_per_second"] for r in rows]
+    print(json.dumps({"run": str(run_dir), "tokens_per_second": speeds}))
+    return 0

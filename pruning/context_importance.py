@@ -1,0 +1,139 @@
+"""Per-input neuron orderings from the DENSE model's MLP activations over an input's context.
+
+An item's context is a list of token rows (for a rolling window of a document: the input rows
+of the document's earlier windows). Each row's per-neuron statistic (`pruning.importance`'s
+criterion: sum over tokens of |a| or a^2, a = act(gate(x)) * up(x)) is collected once with
+forward pre-hooks on every `down_proj`; a request's context statistic is the sum over its
+leading rows, so running statistics over a document cost one dense pass over the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pruning.importance import CRITERIA, CriterionName
+from pruning.prunable_llm import PrunableLLM
+
+ROWS_PER_CHUNK = 256  # rows whose statistics are held at once ([rows, n_layers, d_ff] float32)
+
+
+def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Right-padded input_ids and bool mask [B, T] (pad id 0, masked out)."""
+    lengths = torch.tensor([len(r) for r in rows])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B, T]
+    ids = torch.zeros(mask.shape, dtype=torch.long)
+    ids[mask] = torch.cat([torch.as_tensor(r, dtype=torch.long) for r in rows])
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def row_statistics(
+    model: PrunableLLM,
+    rows: Sequence[Sequence[int]],
+    criterion: CriterionName,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """sums [n_rows, n_layers, d_ff] float32 (CPU, current neuron layout): per row, the sum
+    over its tokens of the criterion's token statistic of each neuron's activation."""
+    if model.is_pruned:
+        raise ValueError("context statistics need the dense model; call undo_prune() first")
+    if any(not r for r in rows):
+        raise ValueError("a context row is empty")
+    stat = CRITERIA[criterion].token_stat
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
+    out = torch.zeros(len(rows), len(downs), model.intermediate_size)
+    batch = {"index": torch.empty(0, dtype=torch.long), "mask": None}
+
+    def hook_for(layer: int) -> Callable[[torch.nn.Module, tuple], None]:
+        def hook(_module: torch.nn.Module, args: tuple) -> None:
+            acts = args[0].float()  # [B, T, d_ff]
+            # where, not multiply: padding positions may hold inf/NaN activations
+            sums = torch.where(batch["mask"][..., None], stat(acts), 0.0).sum(dim=1)
+            out[batch["index"], layer] = sums.cpu()
+
+        return hook
+
+    device = model.get_input_embeddings().weight.device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+    handles = [down.register_forward_pre_hook(hook_for(i)) for i, down in enumerate(downs)]
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids, mask = _padded([rows[i] for i in chunk], device)
+            batch["index"], batch["mask"] = torch.tensor(chunk), mask
+            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def orderings_from_statistics(
+    model: PrunableLLM, sums: torch.Tensor, criterion: CriterionName
+) -> torch.Tensor:
+    """sums [n, n_layers, d_ff] (current layout) -> orderings [n, n_layers, d_ff] in ORIGINAL
+    neuron ids, most important first (stable on ties); int16 when d_ff fits, else int32.
+
+    Only the order matters, so mean |a| is left as a sum (the token count is one per row)."""
+    finalize = CRITERIA[criterion].finalize
+    downs = [layer.mlp.down_proj.weight for layer in model.model.layers]
+    scores = torch.stack(
+        [finalize(sums[:, i], 1, w.cpu()) for i, w in enumerate(downs)], dim=1
+    )  # [n, n_layers, d_ff], current layout
+    perm = model.permutation
+    if perm is not None:
+        scores = torch.empty_like(scores).scatter_(2, perm.expand_as(scores), scores)
+    dtype = torch.int16 if scores.shape[-1] <= torch.iinfo(torch.int16).max else torch.int32
+    return torch.argsort(scores, dim=2, descending=True, stable=True).to(dtype)
+
+
+def context_orderings(
+    model: PrunableLLM,
+    plans: Sequence[tuple[Sequence[Sequence[int]], Sequence[int]]],
+    criterion: CriterionName,
+    batch_size: int = 8,
+) -> list[list[torch.Tensor | None]]:
+    """Per item, per request: the ordering [n_layers, d_ff] (original ids) of its context.
+
+    plans[i] = (rows, uses): the item's context rows, and for each of its requests how many
+    leading rows form its context (0: no context, None: the caller falls back to the global
+    order). Requests with the same count share one tensor object. Rows are processed in chunks
+    of whole items so at most about ROWS_PER_CHUNK rows of statistics are held at once.
+    """
+    result: list[list[torch.Tensor | None]] = []
+    start = 0
+    while start < len(plans):
+        stop, n_rows = start, 0
+        while stop < len(plans) and (
+            stop == start or n_rows + len(plans[stop][0]) <= ROWS_PER_CHUNK
+        ):
+            n_rows += len(plans[stop][0])
+            stop += 1
+        rows = [row for item_rows, _ in plans[start:stop] for row in item_rows]
+        sums = row_statistics(model, rows, criterion, batch_size) if rows else None
+        offset = 0
+        for item_rows, uses in plans[start:stop]:
+            wanted = sorted({u for u in uses if u > 0})
+            if wanted:
+                cumulative = sums[offset : offset + len(item_rows)].cumsum(dim=0)
+                ords = orderings_from_statistics(
+                    model, cumulative[[u - 1 for u in wanted]], criterion
+                )
+                by_use = dict(zip(wanted, ords, strict=True))
+            result.append([by_use[u] if u > 0 else None for u in uses])
+            offset += len(item_rows)
+        start = stop
+    return result
+
+
+def keep_masks(
+    model: PrunableLLM, orderings: torch.Tensor | None, kept: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """bool [n_layers, d_ff] in the model's CURRENT layout: the neurons whose rank in
+    `orderings` [n_layers, d_ff] (original ids; None: the global order) is below kept[l]."""
+    ranks = model.layout_ranks(orderings)
+    counts = torch.from_numpy(np.array(kept, dtype=np.int64))  # a copy: kept may be read-only
+    return ranks < counts[:, None]

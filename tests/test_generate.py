@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from main import main
+from pruning.context_importance import context_orderings
+from pruning.generation import generate_narrowed, prompt_mask_fn
+from tests.fixtures import make_tiny_project
+from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
+
+PROMPT = [5, 17, 42, 8, 91, 33, 2, 60, 12]
+
+
+def dense_generate(llm: object, n: int) -> list[int]:
+    ids = torch.tensor([PROMPT])
+    out = llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                       do_sample=False, pad_token_id=0)  # fmt: skip
+    return out[0, len(PROMPT) :].tolist()
+
+
+@pytest.mark.parametrize("neurons", ["context", "global"])
+def test_nothing_pruned_matches_dense_generation(neurons: str) -> None:
+    llm = tiny_llm()
+    expected = dense_generate(llm, 12)
+    full = np.full(N_LAYERS, D_FF)
+    assert generate_narrowed(llm, PROMPT, full, 12, neurons).tokens == expected
+    assert generate_narrowed(llm, PROMPT, None, 12, neurons).tokens == expected
+
+
+def test_context_generation_uses_prompt_neurons_and_restores() -> None:
+    llm = tiny_llm()
+    before = snapshot(llm)
+    kept = np.array([16, 24, 8])
+    out = generate_narrowed(llm, PROMPT, kept, 10, "context")
+    assert not llm.is_pruned
+    assert all(torch.equal(a, b) for a, b in zip(before, llm.parameters()))
+    (ordering,) = context_orderings(llm, [([PROMPT], [1])], "mean_abs_activation")[0]
+    with llm.pruned(prompt_mask_fn(ordering, kept)):
+        assert llm.keep_counts() == kept.tolist()
+        assert dense_generate(llm, 10) == out.tokens
+    assert len(out.tokens) == 10 and out.tokens_per_second > 0
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_project(tmp_path_factory.mktemp("gen"))
+
+
+def test_generate_command(project: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["generate", "--config", str(project), "--max-new-tokens", "5"]
+    long_prompt = " ".join(["the game of war"] * 70)  # 280 words: past the 256-token context
+    argv = [*base, "--prompt", "the city of song", "--prompt", long_prompt, "uniform:0.5"]
+    assert main([*argv, "--set", "env.neurons=context"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: prompt 1 has 280 tokens; kept its last 251" in captured.err
+    run = Path(json.loads(captured.out.strip().splitlines()[-1])["run"])
+    rows = json.loads((run / "generate.json").read_text())["results"]
+    assert [len(r["tokens"]) for r in rows] == [5, 5]
+    assert rows[0]["sparsity"] == pytest.approx(0.5) and rows[1]["prompt_tokens"] == 251
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give at least one non-empty prompt"),
+        (["--prompts-file", "/no/such.txt"], "does not exist"),
+        (["--prompt", "the war", "--agent", "a.zip"], "--agent needs --target"),
+        (["--prompt", "the war", "0.1,0.2,0.3"], "needs 2 fractions"),
+    ],
+)
+def test_generate_bad_input(
+    project: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    before = sorted((project.parent / "runs").glob("*"))
+    assert main(["generate", "--config", str(project), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert sorted((project.parent / "runs").glob("*")) == before
