@@ -15,6 +15,7 @@ import yaml
 
 from config import ConfigError
 from pruning.allocation import kept_counts, project_to_target, uniform_at_target
+from rl.env import ActionMap, observe
 
 PROFILE_KEY = "profiles"  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
 
@@ -120,3 +121,21 @@ def profile_near(path: Path, n_layers: int, center: float) -> tuple[float, np.nd
         raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
     target = min((float(p["target"]) for p in profiles), key=lambda t: abs(t - center))
     return target, read_profile(path, n_layers, target)
+
+
+def policy_kept(
+    agent: Any, obs: np.ndarray, target: float | None, action_map: ActionMap
+) -> np.ndarray:
+    """Deterministic policy allocations [n, n_layers] for embeddings [n, dim] at `target`."""
+    targets = np.full(len(obs), np.nan if target is None else target)
+    inputs = observe(obs, targets if action_map.budget else None)
+    actions, _ = agent.predict(inputs, deterministic=True)
+    return action_map.kept(actions, targets)
+
+
+def mean_profile(kept: np.ndarray, target: float | None, action_map: ActionMap) -> np.ndarray:
+    """The same allocation for every item: the mean fractions of `kept` [n, L], on target."""
+    fractions = 1.0 - kept.mean(axis=0) / action_map.width
+    if target is None:
+        return kept_counts(fractions, action_map.width, action_map.align)
+    return project_to_target(fractions, target, action_map.width, action_map.align)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import baseline_kept, read_profile
+from commands.allocations import baseline_kept, mean_profile, policy_kept, read_profile
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -42,10 +42,10 @@ from commands.common import (
 from commands.plots import plot_profile, plot_sweep
 from config import Config, ConfigError
 from models import LoadedModels, load_models
-from pruning.allocation import kept_counts, project_to_target, sparsity_of
+from pruning.allocation import project_to_target, sparsity_of
 from rl.batched import score_samples
 from rl.checkpoints import load_agent
-from rl.env import ActionMap, observe
+from rl.env import ActionMap
 from rl.tasks import DocumentTask, Task, score_task, task_orderings
 
 HELP = (
@@ -72,24 +72,6 @@ def newest_agent(runs_dir: Path) -> Path:
     if not agents:
         raise FileNotFoundError(f"no trained agent in {runs_dir}; run train first or pass --agent")
     return agents[-1]
-
-
-def policy_kept(
-    agent: Any, obs: np.ndarray, target: float | None, action_map: ActionMap
-) -> np.ndarray:
-    """Deterministic policy allocations [n, n_layers] for embeddings [n, dim] at `target`."""
-    targets = np.full(len(obs), np.nan if target is None else target)
-    inputs = observe(obs, targets if action_map.budget else None)
-    actions, _ = agent.predict(inputs, deterministic=True)
-    return action_map.kept(actions, targets)
-
-
-def mean_profile(kept: np.ndarray, target: float | None, action_map: ActionMap) -> np.ndarray:
-    """The same allocation for every item: the mean fractions of `kept` [n, L], on target."""
-    fractions = 1.0 - kept.mean(axis=0) / action_map.width
-    if target is None:
-        return kept_counts(fractions, action_map.width, action_map.align)
-    return project_to_target(fractions, target, action_map.width, action_map.align)
 
 
 def window_requests(task: Task) -> tuple[list[list[Any]], np.ndarray]:

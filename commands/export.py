@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from commands.allocations import parse_allocation
+from commands.allocations import mean_profile, parse_allocation, policy_kept
 from commands.build import Pruner, make_pruner
 from commands.common import (
     new_run_dir,
@@ -32,12 +32,12 @@ from pruning.export import (
     Size,
     build_pruned_model,
     narrow_state_dict,
-    policy_mean_kept,
     pruned_config,
     removed_mlp_parameters,
     size_of,
 )
 from rl.checkpoints import load_agent
+from rl.env import ActionMap
 
 HELP = (
     "Export a pruned model (each layer's MLP physically narrowed) as a Hugging Face folder that "
@@ -120,9 +120,8 @@ def agent_kept(
     items = training_items(cfg, models.tokenizer)
     emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
     agent = load_agent(agent_path, emb.shape[1] + 1, n_layers)
-    kept = policy_mean_kept(
-        lambda obs: agent.predict(obs, deterministic=True)[0], emb, target, width, cfg.env.align
-    )
+    action_map = ActionMap(n_layers, width, cfg.env.align, (target, target))
+    kept = mean_profile(policy_kept(agent, emb, target, action_map), target, action_map)
     record = {"agent": str(agent_path), "target": target, "num_items": len(items)}
     return kept, record
 

@@ -129,7 +129,7 @@ def context_orderings(
     return result
 
 
-def keep_masks(
+def layout_keep_masks(
     model: PrunableLLM, orderings: torch.Tensor | None, kept: Sequence[int] | torch.Tensor
 ) -> torch.Tensor:
     """bool [n_layers, d_ff] in the model's CURRENT layout: the neurons whose rank in

@@ -9,7 +9,7 @@ so the exported model computes exactly what the pruned `PrunableLLM` computes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pruning.allocation import check_kept, project_to_target
+from pruning.allocation import check_kept
 
 MODELING_FILE = Path(__file__).with_name("modeling_pruned_llama.py")
 AUTO_MAP = {
@@ -107,28 +107,6 @@ def size_of(state_dict: Mapping[str, torch.Tensor]) -> Size:
 def removed_mlp_parameters(hidden: int, width: int, kept: Sequence[int] | np.ndarray) -> int:
     """3 * hidden per removed neuron (its gate row, up row and down column)."""
     return 3 * hidden * int(len(kept) * width - int(np.sum(kept)))
-
-
-def policy_mean_kept(
-    predict: Callable[[np.ndarray], np.ndarray],
-    embeddings: np.ndarray,
-    target: float,
-    width: int,
-    align: int,
-) -> np.ndarray:
-    """The budget policy's mean profile at `target`, as kept counts [n_layers] on target.
-
-    Each item's observation is [embedding, target] (float32); its action a in [-1, 1]^L becomes
-    fractions (a + 1) / 2, projected onto the target; the mean of those counts over the items,
-    as fractions, is projected once more so that the total is exactly on target.
-    `predict` maps observations [n, dim + 1] to actions [n, n_layers] (deterministic).
-    """
-    n = embeddings.shape[0]
-    obs = np.concatenate([embeddings, np.full((n, 1), target)], axis=1).astype(np.float32)
-    fractions = (np.clip(predict(obs), -1.0, 1.0) + 1.0) / 2.0  # [n, n_layers]
-    kept = project_to_target(fractions, target, width, align)  # [n, n_layers]
-    mean_fractions = 1.0 - kept.mean(axis=0) / width
-    return project_to_target(mean_fractions, target, width, align)
 
 
 def build_pruned_model(

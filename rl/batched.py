@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pruning.allocation import sparsity_of
-from pruning.context_importance import keep_masks
+from pruning.context_importance import layout_keep_masks
 from pruning.prunable_llm import PrunableLLM
 from rl.metrics import score_requests
 from rl.windows import Window
@@ -104,7 +104,7 @@ def context_groups(
             key = (s, id(order))
             if key not in index:
                 index[key] = len(masks)
-                masks.append(keep_masks(model, order, kept[s]))
+                masks.append(layout_keep_masks(model, order, kept[s]))
             groups.append(index[key])
     return groups, torch.stack(masks)
 

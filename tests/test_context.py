@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.context_importance import context_orderings, keep_masks, row_statistics
+from pruning.context_importance import context_orderings, layout_keep_masks, row_statistics
 from pruning.importance import collect_importance
 from rl.batched import score_samples
 from rl.metrics import score_requests
@@ -62,7 +62,7 @@ def test_context_batched_equals_gathered_pruning() -> None:
 def test_keep_masks_follow_layout() -> None:
     llm = tiny_llm()
     order = torch.stack([torch.arange(D_FF)] * N_LAYERS)  # original ids 0..k-1 most important
-    masks = keep_masks(llm, order, [8, 16, 0])  # current layout
+    masks = layout_keep_masks(llm, order, [8, 16, 0])  # current layout
     for layer, k in enumerate((8, 16, 0)):
         kept_ids = llm.permutation[layer][masks[layer]]
         assert sorted(kept_ids.tolist()) == list(range(k))
@@ -95,7 +95,7 @@ def document_masks(llm: object, tokens: list[int]) -> tuple[list, int]:
     doc = SimpleNamespace(text=" ".join(map(str, tokens)), word_count=len(tokens))
     task = DocumentTask(_Calc(), [doc])
     (orderings,), fallbacks = task_orderings(llm, task, [0], "mean_abs_activation")
-    masks = [None if o is None else keep_masks(llm, o, [32] * N_LAYERS) for o in orderings]
+    masks = [None if o is None else layout_keep_masks(llm, o, [32] * N_LAYERS) for o in orderings]
     return masks, fallbacks
 
 

@@ -10,10 +10,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from commands.allocations import mean_profile, policy_kept
 from main import main
 from pruning.allocation import kept_counts, project_to_target
-from pruning.export import narrow_state_dict, policy_mean_kept, removed_mlp_parameters, size_of
+from pruning.export import narrow_state_dict, removed_mlp_parameters, size_of
 from pruning.prunable_llm import PrunableLLM
+from rl.env import ActionMap
 from tests.fixtures import D_FF, N_LAYERS, make_tiny_project, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,17 +131,20 @@ def test_size_counts_tied_weights_once() -> None:
 # ---- budget agents -----------------------------------------------------------------------------
 
 
-def test_policy_mean_kept_pins_numbers() -> None:
+def test_policy_mean_profile_pins_numbers() -> None:
     actions = np.array(
         [[-1.0, 0.0, 1.0, 0.0], [-1.0, 1.0, 1.0, -1.0]]
     )  # fractions 0,.5,1,.5 / 0,1,1,0
     seen = []
 
-    def predict(obs: np.ndarray) -> np.ndarray:
-        seen.append(obs)
-        return actions
+    class Agent:
+        def predict(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, None]:
+            assert deterministic
+            seen.append(obs)
+            return actions, None
 
-    kept = policy_mean_kept(predict, np.zeros((2, 3)), 0.5, 64, 8)
+    action_map = ActionMap(4, 64, 8, (0.5, 0.5))
+    kept = mean_profile(policy_kept(Agent(), np.zeros((2, 3)), 0.5, action_map), 0.5, action_map)
     assert seen[0].dtype == np.float32 and seen[0].shape == (2, 4)
     assert np.all(seen[0][:, -1] == 0.5)
     per_item = project_to_target((actions + 1) / 2, 0.5, 64, 8)
