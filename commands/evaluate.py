@@ -40,7 +40,7 @@ from commands.common import (
     write_json,
 )
 from commands.plots import plot_profile, plot_sweep
-from config import Config, ConfigError
+from config import Config
 from models import LoadedModels, load_models
 from pruning.allocation import project_to_target, sparsity_of
 from rl.batched import score_samples
@@ -116,12 +116,12 @@ class Evaluator:
             )
         return self.orderings if on else None
 
-    def per_item(self, kept: np.ndarray, context: bool = False) -> tuple[dict, np.ndarray]:
-        """kept [n_items, L] (or one [L] for all) -> (summary, kept per item)."""
+    def per_item(self, kept: np.ndarray, context: bool = False) -> dict:
+        """Summary of every item under kept [n_items, L] (or one [L] for all)."""
         kept = np.broadcast_to(kept, (len(self.task), self.pruner.llm.n_layers))
         indices = list(range(len(self.task)))
         lls, _ = score_task(self.pruner.llm, self.task, indices, kept, self.context(context))
-        return summarize(self.task, lls, kept, self.width), kept
+        return summarize(self.task, lls, kept, self.width)
 
     def per_window(self, kept: np.ndarray, context: bool = False) -> dict:
         """kept [n_windows, L]: each rolling window under its own allocation."""
@@ -154,7 +154,7 @@ def evaluate_agent(
     n_layers = pruner.llm.n_layers
     agent = load_agent(agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
     profile = profile or cfg.eval.profile
-    dense, _ = ev.per_item(np.full(n_layers, pruner.width))
+    dense = ev.per_item(np.full(n_layers, pruner.width))
     if action_map.budget:
         targets: list[float | None] = list(cfg.eval.targets)
     else:
@@ -210,16 +210,16 @@ def score_arms(
     suffix = "_context" if context else ""
     pruner, n_layers = ev.pruner, ev.pruner.llm.n_layers
     arms: dict[str, dict] = {}
-    arms["policy_doc"], _ = ev.per_item(doc_kept, context)
+    arms["policy_doc"] = ev.per_item(doc_kept, context)
     matched = target if target is not None else arms["policy_doc"]["sparsity"]
     for name in STATIC_ARMS:
         kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
-        arms[name], _ = ev.per_item(kept, context)
+        arms[name] = ev.per_item(kept, context)
     if profile:
         searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
         if searched is not None:
-            arms["searched"], _ = ev.per_item(searched, context)
-    arms["policy_mean"], _ = ev.per_item(mean_profile(doc_kept, target, action_map), context)
+            arms["searched"] = ev.per_item(searched, context)
+    arms["policy_mean"] = ev.per_item(mean_profile(doc_kept, target, action_map), context)
     if ev.windows is not None:
         win_kept = policy_kept(agent, ev.window_obs, target, action_map)
         arms["policy_window"] = ev.per_window(win_kept, context)
@@ -235,13 +235,11 @@ def searched_kept(path: Path, target: float, n_layers: int, pruner: Pruner) -> n
 
 
 def metric_name(row: dict) -> str:
-    return (
-        "acc"
-        if "acc" in row
-        else "word_perplexity"
-        if "word_perplexity" in row
-        else next(k for k in row if k != "sparsity")
-    )
+    """The headline metric of a summary: accuracy, word perplexity, else the first one."""
+    for key in ("acc", "word_perplexity"):
+        if key in row:
+            return key
+    return next(k for k in row if k != "sparsity")
 
 
 def headline(result: dict) -> list[dict]:
@@ -262,8 +260,6 @@ def print_table(target: float, dense: dict, arms: dict[str, dict]) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     seed_everything(cfg.seed)
     limit = check_limit(args.limit)
     runs_dir = resolve_path(cfg.train.runs_dir)

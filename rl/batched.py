@@ -43,7 +43,7 @@ def row_masks(model: PrunableLLM, kept: np.ndarray) -> Iterator[Callable[[list[i
         for layer in varying:
             down = model.model.layers[layer].mlp.down_proj
             device, dtype = down.weight.device, down.weight.dtype
-            keep = torch.arange(int(union[layer])) < torch.from_numpy(kept[:, layer, None])
+            keep = torch.arange(int(union[layer])) < torch.tensor(kept[:, layer])[:, None]
             scale = keep.to(device=device, dtype=dtype)  # [n_samples, union_l]
 
             def hook(_module: torch.nn.Module, args: tuple, scale: torch.Tensor = scale) -> tuple:
