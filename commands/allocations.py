@@ -7,6 +7,7 @@ one of its targets when it holds several).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from pruning.allocation import kept_counts, project_to_target, uniform_at_target
 from rl.env import ActionMap, observe
 
 PROFILE_KEY = "profiles"  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
+
+
+ALLOCATION_HELP = "dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml | profile.json"
+
+
+def add_allocation_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """The positional ALLOCATION of `score`, `export` and `generate` (parsed by
+    `parse_allocation`)."""
+    parser.add_argument(
+        "allocation", nargs="?", default=default, help=f"{ALLOCATION_HELP} (default: {default})"
+    )
 
 
 def _number(value: Any) -> float:

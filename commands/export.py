@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from commands.allocations import mean_profile, parse_allocation, policy_kept
+from commands.allocations import (
+    add_allocation_argument,
+    mean_profile,
+    parse_allocation,
+    policy_kept,
+)
 from commands.build import Pruner, make_pruner
 from commands.common import (
     new_run_dir,
@@ -47,12 +52,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "allocation",
-        nargs="?",
-        default=None,
-        help="dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml; or use --agent",
-    )
+    add_allocation_argument(parser, None)  # or --agent
     parser.add_argument("--agent", default=None, help="budget agent .zip (needs --target)")
     parser.add_argument("--target", type=float, default=None, help="MLP sparsity for --agent")
     parser.add_argument(

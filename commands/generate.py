@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from commands.allocations import parse_allocation, to_kept
+from commands.allocations import add_allocation_argument, parse_allocation, policy_kept, to_kept
 from commands.build import Pruner, make_pruner
 from commands.common import new_run_dir, observations, resolve_path, seed_everything, write_json
 from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape
+from pruning.allocation import sparsity_of
 from pruning.generation import generate_narrowed
 from rl.checkpoints import load_agent
 
@@ -25,7 +26,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("allocation", nargs="?", default="dense", help="as `score` (dense)")
+    add_allocation_argument(parser, "dense")
     parser.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="a text file, one prompt a line")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (32)")
@@ -76,8 +77,6 @@ def allocations(
         fractions = parse_allocation(args.allocation, n_layers, args.target)
         kept = to_kept(fractions, width, cfg.env.align)
         return None if kept is None else np.tile(kept, (len(prompts), 1))
-    from commands.evaluate import policy_kept
-
     action_map = pruner.action_map(cfg.env.targets)
     obs = observations(models, cfg.data, prompts)
     agent = load_agent(resolve_path(args.agent), obs.shape[1] + action_map.budget, n_layers)
@@ -95,7 +94,7 @@ def generate_one(
         pruner.llm, tokens, kept, args.max_new_tokens, neurons, cfg.importance.criterion
     )
     completion = models.tokenizer.decode(out.tokens, skip_special_tokens=True)
-    sparsity = 0.0 if kept is None else float(1 - kept.sum() / (len(kept) * pruner.width))
+    sparsity = 0.0 if kept is None else sparsity_of(kept, pruner.width)
     print(f"--- prompt {i}\n{text}{completion}")
     print(
         f"({len(out.tokens)} tokens, {out.tokens_per_second:.1f} tokens/s, sparsity {sparsity:.3f})"

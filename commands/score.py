@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import parse_allocation, to_kept
+from commands.allocations import add_allocation_argument, parse_allocation, to_kept
 from commands.build import make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -33,12 +33,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "allocation",
-        nargs="?",
-        default="dense",
-        help="dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml (default: dense)",
-    )
+    add_allocation_argument(parser, "dense")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N items")
     parser.add_argument("--split", default=None, help="data split (default: data.eval_split)")
     parser.add_argument("--target", type=float, default=None, help="target of a profile file")

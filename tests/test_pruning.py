@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from pruning import prunable_llm
 from pruning.allocation import kept_counts
 from pruning.create_pruning_mask import keep_masks, read_importance_json, write_importance_json
 from pruning.prunable_llm import PrunableLLM
@@ -273,4 +274,20 @@ def test_kept_counts_are_validated(llm: PrunableLLM) -> None:
         llm.prune([32, 32])
     with pytest.raises(ValueError, match="integers"):
         llm.prune(np.array([32.0, 32.0, 32.0]))
+    assert not llm.is_pruned
+
+
+def test_prefix_views_are_reused_and_bounded(
+    llm: PrunableLLM, ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with llm.pruned([8, 16, 24]):
+        first, ref = llm.model.layers[1].mlp.gate_proj.weight, logits(llm, ids)
+    with llm.pruned(np.array([8, 16, 24])):
+        assert llm.model.layers[1].mlp.gate_proj.weight is first  # the same view, not a new one
+        assert torch.equal(logits(llm, ids), ref)
+    monkeypatch.setattr(prunable_llm, "_MAX_CACHED_VIEWS", 4)
+    for k in (8, 16, 24, 32, 40):
+        with llm.pruned([k] * N_LAYERS):
+            assert llm.keep_counts() == [k] * N_LAYERS
+        assert len(llm._views) <= 4
     assert not llm.is_pruned
