@@ -89,16 +89,19 @@ def profile_entry(target: float, result: SearchResult, width: int, seconds: floa
         "tokens_scored": result.tokens_scored,
         "seconds": round(seconds, 2),
         "evaluations_per_second": round(result.evaluations / seconds, 3),
+        "tokens_per_second": round(result.tokens_scored / seconds, 1),  # stage 1 and 2 alike
         "history": result.history,
     }
 
 
 def print_table(profiles: list[dict]) -> None:
-    print(f"{'target':>7} {'uniform NLL':>14} {'searched NLL':>14} {'evals':>7} {'evals/s':>8}")
+    head = ("target", "uniform NLL", "searched NLL", "evals", "evals/s", "tokens/s")
+    print(f"{head[0]:>7} {head[1]:>14} {head[2]:>14} {head[3]:>7} {head[4]:>8} {head[5]:>9}")
     for p in profiles:
         print(
             f"{p['target']:>7.3f} {p['uniform_fitness']:>14.2f} {p['fitness']:>14.2f} "
-            f"{p['evaluations']:>7d} {p['evaluations_per_second']:>8.2f}"
+            f"{p['evaluations']:>7d} {p['evaluations_per_second']:>8.2f} "
+            f"{p['tokens_per_second']:>9.1f}"
         )
 
 

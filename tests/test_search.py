@@ -121,6 +121,8 @@ def test_search_cli_writes_a_profile_that_score_reads(
         assert profile["fitness"] <= profile["uniform_fitness"]
         assert profile["evaluations"] == 1 + 3 * (4 + 2)
         assert len(profile["history"]) == 4
+        assert profile["tokens_scored"] == profile["history"][-1]["tokens_scored"]
+        assert profile["tokens_per_second"] > 0
     path = str(run_dir / "profile.json")
     assert main(["score", "--config", str(project), path, "--target", "0.5"]) == 0
     scored = last_json(capsys)
