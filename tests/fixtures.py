@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -126,3 +127,23 @@ def make_tiny_project(
     path = root / "config.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def runs(config: Path) -> list[Path]:
+    """Run folders of the tiny project whose config is `config`."""
+    return sorted((config.parent / "runs").glob("*"))
+
+
+def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    """Exit code 2, one line naming the problem, no traceback."""
+    from main import main  # the CLI under test; imported late so fixtures stay light
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "Traceback" not in err
+
+
+def last_json(capsys: pytest.CaptureFixture) -> dict:
+    """The final JSON line a command printed."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])

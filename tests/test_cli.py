@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from main import main
-from tests.fixtures import N_LAYERS, make_tiny_project
+from tests.fixtures import N_LAYERS, fails_cleanly, last_json, make_tiny_project, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"uniform", "ends_dense", "policy_mean", "policy_doc", "policy_window"}
@@ -18,18 +18,6 @@ ARMS = {"uniform", "ends_dense", "policy_mean", "policy_doc", "policy_window"}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_project(tmp_path_factory.mktemp("tiny"))
-
-
-def runs(config: Path) -> list[Path]:
-    return sorted((config.parent / "runs").glob("*"))
-
-
-def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    """Exit code 2, one line naming the problem, no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert "Traceback" not in err
 
 
 def test_help_lists_commands() -> None:
@@ -98,10 +86,6 @@ def test_data_folder_without_files(
         ["score", "--config", str(project), "--set", f"data.wikitext_path={tmp_path}"],
         "wiki.test.raw",
     )
-
-
-def last_json(capsys: pytest.CaptureFixture) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_score_dense_and_uniform(project: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,7 @@ from pruning.allocation import kept_counts, project_to_target
 from pruning.export import narrow_state_dict, removed_mlp_parameters, size_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
-from tests.fixtures import D_FF, N_LAYERS, make_tiny_project, tiny_llama
+from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = 32  # of the tiny project's LLM
@@ -28,21 +28,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_project(tmp_path_factory.mktemp("tiny"))
 
 
-def runs(config: Path) -> list[Path]:
-    return sorted((config.parent / "runs").glob("*"))
-
-
 def export(config: Path, *argv: str) -> dict:
     before = set(runs(config))
     assert main(["export", "--config", str(config), *argv]) == 0
     (run,) = set(runs(config)) - before
     return json.loads((run / "export.json").read_text())
-
-
-def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
 def reference_pruned(config: Path, kept: list[int]) -> PrunableLLM:

@@ -10,7 +10,7 @@ import torch
 from main import main
 from pruning.context_importance import context_orderings
 from pruning.generation import generate_narrowed, prompt_mask_fn
-from tests.fixtures import make_tiny_project
+from tests.fixtures import fails_cleanly, make_tiny_project, runs
 from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
 
 PROMPT = [5, 17, 42, 8, 91, 33, 2, 60, 12]
@@ -76,8 +76,6 @@ def test_generate_command(project: Path, capsys: pytest.CaptureFixture) -> None:
 def test_generate_bad_input(
     project: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    before = sorted((project.parent / "runs").glob("*"))
-    assert main(["generate", "--config", str(project), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert sorted((project.parent / "runs").glob("*")) == before
+    before = runs(project)
+    fails_cleanly(capsys, ["generate", "--config", str(project), *extra], message)
+    assert runs(project) == before

@@ -14,7 +14,7 @@ from config import SearchConfig, load_config
 from main import main
 from pruning.allocation import target_blocks, uniform_at_target
 from pruning.search import evolve, mutate
-from tests.fixtures import D_FF, N_LAYERS, make_tiny_project
+from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, last_json, make_tiny_project, runs
 
 
 def test_mutation_stays_on_budget_and_in_range() -> None:
@@ -94,14 +94,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_project(tmp_path_factory.mktemp("tiny"))
 
 
-def runs(config: Path) -> list[Path]:
-    return sorted((config.parent / "runs").glob("*"))
-
-
-def last_json(capsys: pytest.CaptureFixture) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 def test_search_cli_writes_a_profile_that_score_reads(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -142,9 +134,7 @@ def test_search_bad_input_is_one_line_exit_2(
     project: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
     before = runs(project)
-    assert main(["search", "--config", str(project), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    fails_cleanly(capsys, ["search", "--config", str(project), *extra], message)
     assert runs(project) == before
 
 
@@ -195,7 +185,5 @@ def test_train_with_a_missing_profile_is_one_line_exit_2(
 ) -> None:
     before = runs(project)
     argv = ["train", "--config", str(project), "--set", "sac.init_profile=/no/such/profile.json"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "profile file" in err, err
+    fails_cleanly(capsys, argv, "profile file")
     assert runs(project) == before
