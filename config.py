@@ -76,6 +76,14 @@ class EnvConfig(_Section):
     # context = the top kept[l] by importance.criterion on the dense model's activations over the
     # input's own context (earlier windows of its document, an MMLU prompt), never its targets
     neurons: Literal["global", "context"] = "global"
+    # budget mode: draw targets from the grid low, low + step, ..., high (null = continuously);
+    # with a reference, each (item, grid target) reference metric is scored once and cached
+    target_step: float | None = Field(default=None, gt=0)
+    # budget mode: a `search` profile.json. The policy then acts as a per-input deviation of at
+    # most `radius` per layer around the profile at the episode's target (a = 0 is the profile),
+    # and is paid relative to it on the same item: -log(ppl / ppl_reference), c - c_reference
+    reference: str | None = None
+    radius: float = Field(default=0.2, gt=0, le=1)
 
     @property
     def targets(self) -> tuple[float, float] | None:
@@ -102,6 +110,14 @@ class EnvConfig(_Section):
                     f"env.target_sparsity={self.target_sparsity} must lie in (0, 1) with "
                     "low <= high; e.g. 0.3 or [0.1, 0.5]"
                 )
+            steps = (high - low) / self.target_step if self.target_step else 0.0
+            if abs(steps - round(steps)) > 1e-6:
+                raise ValueError(
+                    f"env.target_step={self.target_step} must divide the target range "
+                    f"[{low}, {high}]; e.g. 0.1 for [0.1, 0.5]"
+                )
+        elif self.reference is not None:
+            raise ValueError("env.reference needs env.reward=budget; or set env.reference=null")
         return self
 
 
@@ -144,8 +160,6 @@ class SACConfig(_Section):
                     "e.g. auto_0.02 or 0.1"
                 )
         return value
-
-    init_profile: str | None = None  # `search` profile.json: warm-start the actor's mean there
 
 
 class TrainConfig(_Section):

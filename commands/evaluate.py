@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import baseline_kept, mean_profile, policy_kept, read_profile
+from commands.allocations import (
+    agent_env,
+    baseline_kept,
+    mean_profile,
+    policy_kept,
+    read_profile,
+)
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -150,10 +156,11 @@ def evaluate_agent(
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
     ev = Evaluator(cfg, models, pruner, items)
-    action_map = pruner.action_map(cfg.env.targets)
+    env = agent_env(agent_path, cfg.env)
+    action_map = pruner.action_map(env)
     n_layers = pruner.llm.n_layers
     agent = load_agent(agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
-    profile = profile or cfg.eval.profile
+    profile = profile or cfg.eval.profile or env.reference
     dense = ev.per_item(np.full(n_layers, pruner.width))
     if action_map.budget:
         targets: list[float | None] = list(cfg.eval.targets)

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from commands.allocations import (
     add_allocation_argument,
+    agent_env,
     mean_profile,
     parse_allocation,
     policy_kept,
 )
-from commands.build import Pruner, make_pruner
+from commands.build import Pruner, make_action_map, make_pruner
 from commands.common import (
     new_run_dir,
     observations,
@@ -42,7 +42,6 @@ from pruning.export import (
     size_of,
 )
 from rl.checkpoints import load_agent
-from rl.env import ActionMap
 
 HELP = (
     "Export a pruned model (each layer's MLP physically narrowed) as a Hugging Face folder that "
@@ -85,27 +84,14 @@ def output_folder(args: argparse.Namespace) -> Path | None:
     return path
 
 
-def agent_target_range(agent_path: Path) -> tuple[float, float] | None:
-    """env.target_sparsity of the train run the agent comes from, as [low, high]; None for a
-    trade-off agent (trained without a target)."""
-    for folder in list(agent_path.parents)[:3]:  # train_*/agent_final.zip or .../step_N/agent.zip
-        if (folder / "config.yaml").is_file():
-            train_cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-            target = (train_cfg.get("env") or {}).get("target_sparsity")
-            if target is None:
-                return None
-            low, high = (target, target) if isinstance(target, int | float) else target
-            return float(low), float(high)
-    raise FileNotFoundError(f"no train run config.yaml beside agent {agent_path}")
-
-
 def agent_kept(
     cfg: Config, models: LoadedModels, agent_path: Path, target: float
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Kept counts of the policy's mean profile at `target` over the training items."""
     if not agent_path.is_file():
         raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
-    trained = agent_target_range(agent_path)
+    env = agent_env(agent_path, cfg.env)
+    trained = env.targets
     if trained is None:
         raise ConfigError(
             f"agent {agent_path} is a trade-off agent (no env.target_sparsity): it cannot take "
@@ -120,7 +106,7 @@ def agent_kept(
     items = training_items(cfg, models.tokenizer)
     emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
     agent = load_agent(agent_path, emb.shape[1] + 1, n_layers)
-    action_map = ActionMap(n_layers, width, cfg.env.align, (target, target))
+    action_map = make_action_map(env, n_layers, width)
     kept = mean_profile(policy_kept(agent, emb, target, action_map), target, action_map)
     record = {"agent": str(agent_path), "target": target, "num_items": len(items)}
     return kept, record

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from commands.allocations import add_allocation_argument, parse_allocation, policy_kept, to_kept
+from commands.allocations import (
+    add_allocation_argument,
+    agent_env,
+    parse_allocation,
+    policy_kept,
+    to_kept,
+)
 from commands.build import Pruner, make_pruner
 from commands.common import new_run_dir, observations, resolve_path, seed_everything, write_json
 from config import Config, ConfigError
@@ -77,9 +83,10 @@ def allocations(
         fractions = parse_allocation(args.allocation, n_layers, args.target)
         kept = to_kept(fractions, width, cfg.env.align)
         return None if kept is None else np.tile(kept, (len(prompts), 1))
-    action_map = pruner.action_map(cfg.env.targets)
+    agent_path = resolve_path(args.agent)
+    action_map = pruner.action_map(agent_env(agent_path, cfg.env))
     obs = observations(models, cfg.data, prompts)
-    agent = load_agent(resolve_path(args.agent), obs.shape[1] + action_map.budget, n_layers)
+    agent = load_agent(agent_path, obs.shape[1] + action_map.budget, n_layers)
     return policy_kept(agent, obs, args.target, action_map)
 
 

@@ -10,12 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from stable_baselines3 import SAC
 
-from commands.allocations import profile_near
 from commands.build import make_pruner, make_vec_env
 from commands.common import (
     new_run_dir,
@@ -55,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_agent(sac: SACConfig, env: Any, seed: int, init: np.ndarray | None = None) -> SAC:
-    """A fresh SAC agent whose deterministic action starts at prune fractions `init`
-    [n_layers] (a searched profile), or at sac.init_action in every layer. Set
-    `agent.tensorboard_log` before learning to get TensorBoard logs."""
+def make_agent(sac: SACConfig, env: Any, seed: int, residual: bool = False) -> SAC:
+    """A fresh SAC agent whose deterministic action starts at prune fraction sac.init_action in
+    every layer, or (`residual`: actions are deviations from a reference profile) at action 0
+    for every input, i.e. at the reference. Set `agent.tensorboard_log` before learning to get
+    TensorBoard logs."""
     agent = SAC(
         "MlpPolicy",
         env,
@@ -78,22 +77,10 @@ def make_agent(sac: SACConfig, env: Any, seed: int, init: np.ndarray | None = No
     )
     # Start the deterministic policy near init_action (tanh-squashed, then mapped to [0, 1]).
     with torch.no_grad():
-        agent.actor.mu.bias.fill_(math.atanh(2 * sac.init_action - 1))
-        if init is not None:  # clipped: atanh(+-1) is infinite
-            bias = np.arctanh(2 * np.clip(init, 0.02, 0.98) - 1)
-            agent.actor.mu.bias.copy_(torch.as_tensor(bias, dtype=agent.actor.mu.bias.dtype))
+        agent.actor.mu.bias.fill_(0.0 if residual else math.atanh(2 * sac.init_action - 1))
+        if residual:  # the same (zero) deviation for every input until learning says otherwise
+            agent.actor.mu.weight.zero_()
     return agent
-
-
-def init_fractions(cfg: Config, n_layers: int) -> np.ndarray | None:
-    """sac.init_profile's fractions at its target nearest the middle of env.target_sparsity
-    (trade-off mode: nearest sac.init_action); None without a profile."""
-    if cfg.sac.init_profile is None:
-        return None
-    center = sum(cfg.env.targets) / 2 if cfg.env.targets else cfg.sac.init_action
-    target, fractions = profile_near(resolve_path(cfg.sac.init_profile), n_layers, center)
-    print(f"actor starts at the searched profile for target {target}")
-    return fractions
 
 
 def find_run(spec: str, runs_dir: Path) -> Path:
@@ -141,8 +128,8 @@ def start_or_resume(
     """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer and
     random states (the run continues where it stopped instead of replaying its first steps)."""
     if resume is None:
-        init = init_fractions(cfg, n_layers)
-        agent = make_agent(cfg.sac, env, cfg.seed, init)
+        residual = cfg.env.reference is not None and cfg.env.targets is not None
+        agent = make_agent(cfg.sac, env, cfg.seed, residual)
         run_dir = new_run_dir(cfg, "train")  # only once everything before could fail
         agent.tensorboard_log = str(run_dir / "tensorboard")
         return agent, run_dir

@@ -9,6 +9,7 @@ Fractions (what the policy, `score uniform:0.3` and profile files speak) become 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -114,3 +115,40 @@ def uniform_at_target(target: float, n_layers: int, width: int, align: int = 8) 
     """Kept counts that prune every layer alike and meet `target` exactly (earlier layers get
     the leftover blocks)."""
     return project_to_target(np.full(n_layers, target), target, width, align)
+
+
+@dataclass(frozen=True, eq=False)
+class Profile:
+    """Static allocations searched at several targets: fractions [m, n_layers] at ascending
+    targets [m]. Between two targets the fractions are interpolated linearly; outside, the
+    nearest profile is used (`project_to_target` then meets any target exactly)."""
+
+    targets: np.ndarray  # [m] ascending
+    fractions: np.ndarray  # [m, n_layers]
+
+    def __post_init__(self) -> None:
+        t, f = np.asarray(self.targets, np.float64), np.asarray(self.fractions, np.float64)
+        if t.ndim != 1 or f.ndim != 2 or len(t) != len(f) or len(t) == 0:
+            raise ValueError(
+                f"profile needs targets [m] and fractions [m, L], got {t.shape}, {f.shape}"
+            )
+        if np.any(np.diff(t) <= 0):
+            raise ValueError(f"profile targets must be strictly ascending, got {t.tolist()}")
+        check_fractions(f, f.shape[1])
+        object.__setattr__(self, "targets", t)
+        object.__setattr__(self, "fractions", f)
+
+    @property
+    def n_layers(self) -> int:
+        return self.fractions.shape[1]
+
+    def at(self, targets: float | np.ndarray) -> np.ndarray:
+        """Fractions [n, n_layers] at `targets` [n] (one number: [1, n_layers])."""
+        t = np.asarray(targets, dtype=np.float64).reshape(-1)
+        if len(self.targets) == 1:
+            return np.repeat(self.fractions, len(t), axis=0)
+        hi = np.clip(np.searchsorted(self.targets, t), 1, len(self.targets) - 1)
+        lo = hi - 1
+        span = self.targets[hi] - self.targets[lo]
+        w = np.clip((t - self.targets[lo]) / span, 0.0, 1.0)[:, None]
+        return (1 - w) * self.fractions[lo] + w * self.fractions[hi]

@@ -16,19 +16,22 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pruning.allocation import kept_counts, project_to_target, sparsity_of
+from pruning.allocation import Profile, kept_counts, project_to_target, sparsity_of
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from rl.reward import RewardFn
 from rl.tasks import Task, score_task, task_orderings
 
 
-def action_to_fractions(action: np.ndarray) -> np.ndarray:
-    """Map actions in [-1, 1] to pruning fractions in [0, 1]: (a + 1) / 2, clipped. [..., L]"""
+def action_to_fractions(
+    action: np.ndarray, center: float | np.ndarray = 0.5, radius: float = 0.5
+) -> np.ndarray:
+    """Map actions in [-1, 1] to pruning fractions center + radius * a, clipped to [0, 1].
+    The defaults give (a + 1) / 2: -1 prunes nothing, +1 everything. [..., L]"""
     action = np.asarray(action, dtype=np.float64)
     if not np.isfinite(action).all():
         raise ValueError(f"action must be finite, got {action}")
-    return np.clip((action + 1.0) / 2.0, 0.0, 1.0)
+    return np.clip(center + radius * action, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,31 @@ class ActionMap:
 
     Trade-off mode (`targets=None`): the fractions (a + 1) / 2 are used as given, rounded to
     `align`. Budget mode (`targets=(low, high)`): each episode draws a target MLP sparsity
-    uniformly from [low, high] (low == high: a fixed target); the policy sees it as the last
-    observation entry, and its fractions are projected onto that target exactly
-    (`pruning.allocation.project_to_target`).
+    uniformly from [low, high] (low == high: a fixed target; `step`: from the grid low,
+    low + step, ..., high); the policy sees it as the last observation entry, and its fractions
+    are projected onto that target exactly (`pruning.allocation.project_to_target`).
+
+    With a `reference` profile (budget mode) the action is a per-input deviation around it:
+    fractions = reference(target) + radius * a, so a = 0 is the reference allocation itself.
     """
 
     n_layers: int
     width: int
     align: int
     targets: tuple[float, float] | None = None
+    step: float | None = None
+    reference: Profile | None = None
+    radius: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.reference is not None:
+            if self.targets is None:
+                raise ValueError("a reference profile needs budget mode (targets)")
+            if self.reference.n_layers != self.n_layers:
+                raise ValueError(
+                    f"reference profile has {self.reference.n_layers} layers, the model "
+                    f"{self.n_layers}"
+                )
 
     @property
     def budget(self) -> bool:
@@ -55,11 +74,21 @@ class ActionMap:
         """[n] targets of new episodes (NaN in trade-off mode)."""
         if self.targets is None:
             return np.full(n, np.nan)
-        return rng.uniform(*self.targets, size=n)
+        low, high = self.targets
+        if self.step is None:
+            return rng.uniform(low, high, size=n)
+        grid = low + self.step * np.arange(round((high - low) / self.step) + 1)
+        return np.round(rng.choice(grid, size=n), 9)
+
+    def fractions(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """actions [n, L] in [-1, 1], targets [n] -> prune fractions [n, L] (before projection)."""
+        if self.reference is None:
+            return action_to_fractions(actions)
+        return action_to_fractions(actions, self.reference.at(targets), self.radius)
 
     def kept(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """actions [n, L] in [-1, 1], targets [n] -> kept counts [n, L]."""
-        fractions = action_to_fractions(actions)
+        fractions = self.fractions(actions, targets)
         if self.targets is None:
             return kept_counts(fractions, self.width, self.align)
         return project_to_target(fractions, targets, self.width, self.align)
@@ -97,6 +126,7 @@ class PruningBandit:
         self.model, self.task, self.reward_fn = model, task, reward_fn
         self.embeddings, self.action_map = embeddings, action_map
         self.dense = np.full(len(task), np.nan)  # [n_items] metric of the unpruned model
+        self._reference: dict[tuple[int, float], float] = {}  # (item, target) -> metric
         self.criterion = criterion
         self._orderings: dict[int, list] = {}  # item -> context ordering per request, cached
 
@@ -141,19 +171,41 @@ class PruningBandit:
     def step(
         self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L]."""
+        """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L].
+
+        The reward compares each item's metric with its dense metric, or, with a reference
+        profile, with the reference allocation's metric on the same item at the same target
+        (scored in the same forward pass on first use, then cached per (item, target))."""
         kept = self.action_map.kept(actions, targets)  # [n, L]
         dense = self.dense_metrics(indices)
-        orderings = self.orderings(indices)
-        lls, _ = score_task(self.model, self.task, list(indices), kept, orderings)
+        keys = [(int(i), round(float(t), 9)) for i, t in zip(indices, targets, strict=True)]
+        missing = (
+            [] if self.action_map.reference is None else sorted(set(keys) - self._reference.keys())
+        )
+        rows = list(indices) + [i for i, _ in missing]
+        if missing:
+            zero = np.zeros((len(missing), self.action_map.n_layers))
+            kept_ref = self.action_map.kept(zero, np.array([t for _, t in missing]))
+            kept_all = np.concatenate([kept, kept_ref])
+        else:
+            kept_all = kept
+        orderings = self.orderings(rows)
+        lls, _ = score_task(self.model, self.task, rows, kept_all, orderings)
+        for k, key in enumerate(missing):
+            self._reference[key] = self.task.metric(key[0], lls[len(indices) + k])
         sparsity = sparsity_of(kept, self.action_map.width)
         rewards = np.zeros(len(indices), dtype=np.float32)
         infos = []
         for k, i in enumerate(indices):
             metric = self.task.metric(int(i), lls[k])
-            rewards[k] = self.reward_fn(metric, float(dense[k]), float(sparsity[k]))
+            base = (
+                float(dense[k]) if self.action_map.reference is None else self._reference[keys[k]]
+            )
+            rewards[k] = self.reward_fn(metric, base, float(sparsity[k]))
             info = {"index": int(i), "metric": metric, "dense_metric": float(dense[k])}
             info |= {"sparsity": float(sparsity[k]), "kept": kept[k], "target": float(targets[k])}
+            if self.action_map.reference is not None:
+                info["reference_metric"] = base
             infos.append(info)
         return rewards, infos
 

@@ -46,12 +46,19 @@ def test_set_overrides_parse_yaml_values() -> None:
         ("sac.init_action=0", r"sac.init_action=0.0 must be strictly between 0 and 1"),
         ("sac.init_action=1", r"sac.init_action=1.0 must be strictly between 0 and 1"),
         ("sac.ent_coef=banana", "sac.ent_coef='banana' is not 'auto'"),
+        ("env.target_step=0.15", "env.target_step=0.15 must divide the target range"),
+        ("env.radius=0", "config key 'env.radius'"),
     ],
 )
 def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         load_config(PRESET, [override])
     assert "\n" not in str(info.value)
+
+
+def test_a_reference_needs_budget_mode() -> None:
+    with pytest.raises(ConfigError, match="env.reference needs env.reward=budget"):
+        load_config(PRESET, ["env.reward=tradeoff", "env.reference=profile.json"])
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

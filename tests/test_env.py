@@ -8,9 +8,10 @@ import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_checker import check_env
 
+from pruning.allocation import Profile
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit, action_to_fractions
-from rl.reward import PerplexityReward
+from rl.reward import LogPerplexityRatioReward, PerplexityReward
 from rl.tasks import WindowTask
 from tests.fixtures import tiny_llama
 
@@ -204,4 +205,45 @@ def test_sac_runs_on_the_env(llm: PrunableLLM) -> None:
     rewards = agent.replay_buffer.rewards[: agent.replay_buffer.pos]  # [12, 1]
     assert rewards.shape == (12, 1) and len(np.unique(rewards)) > 6  # actions change rewards
     assert agent.replay_buffer.dones[:12].all()
+    assert not llm.is_pruned
+
+
+REFERENCE = Profile(np.array([0.25, 0.5]), np.array([[0.0, 0.25, 0.5], [0.25, 0.5, 0.75]]))
+
+
+def test_profile_interpolates_between_targets_and_clamps_outside() -> None:
+    np.testing.assert_allclose(REFERENCE.at([0.375])[0], [0.125, 0.375, 0.625])
+    np.testing.assert_allclose(REFERENCE.at([0.1, 0.9]), REFERENCE.fractions)
+    with pytest.raises(ValueError, match="ascending"):
+        Profile(np.array([0.5, 0.25]), REFERENCE.fractions)
+
+
+def test_target_grid_draws_only_grid_points() -> None:
+    action_map = ActionMap(N_LAYERS, D_FF, 8, (0.1, 0.5), step=0.1)
+    drawn = action_map.sample_targets(np.random.default_rng(0), 200)
+    assert sorted(set(drawn.tolist())) == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_reference_mode_pays_relative_to_the_reference_on_the_same_item(llm: PrunableLLM) -> None:
+    action_map = ActionMap(N_LAYERS, D_FF, 8, (0.25, 0.5), 0.25, REFERENCE, radius=0.25)
+    embeddings = np.zeros((N_ITEMS, EMBED_DIM), np.float32)
+    task = CountingTask(llm)
+    bandit = PruningBandit(llm, task, embeddings, action_map, LogPerplexityRatioReward())
+    indices, targets = np.array([0, 1, 1]), np.array([0.25, 0.25, 0.5])
+    zero = np.zeros((3, N_LAYERS))
+    # a = 0 is the reference allocation: reward 0 (scored in the same forward pass)
+    np.testing.assert_array_equal(action_map.kept(zero, targets)[0], [64, 48, 32])
+    rewards, infos = bandit.step(indices, targets, zero)
+    np.testing.assert_allclose(rewards, 0.0, atol=1e-5)
+    assert [i["reference_metric"] for i in infos] == pytest.approx([i["metric"] for i in infos])
+    assert len(bandit._reference) == 3
+    # deviations are paid against the cached reference metric (no new reference rows)
+    with task:
+        action = np.tile([1.0, 0.0, -1.0], (3, 1))  # layer 0 prunes 25% more, layer 2 25% less
+        rewards, infos = bandit.step(indices, targets, action)
+    assert len(bandit._reference) == 3 and len(task.calls) == 1
+    np.testing.assert_array_equal(infos[0]["kept"], [48, 48, 48])
+    for r, info in zip(rewards, infos, strict=True):
+        assert r == pytest.approx(-np.log(info["metric"] / info["reference_metric"]), rel=1e-5)
+        assert info["sparsity"] == pytest.approx(info["target"], abs=8 / (N_LAYERS * D_FF))
     assert not llm.is_pruned

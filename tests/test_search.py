@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from commands.train import init_fractions, make_agent
+from commands.build import make_action_map
+from commands.train import make_agent
 from config import SearchConfig, load_config
 from main import main
-from pruning.allocation import target_blocks, uniform_at_target
+from pruning.allocation import project_to_target, target_blocks, uniform_at_target
 from pruning.search import evolve, mutate
 from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, last_json, make_tiny_project, runs
 
@@ -121,6 +122,31 @@ def test_search_cli_writes_a_profile_that_score_reads(
     assert scored["fractions"] == pytest.approx(data["profiles"][1]["fractions"])
 
 
+def test_residual_training_around_a_searched_profile_end_to_end(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    small = ["--set", "search.targets=[0.2,0.4]", "--set", "search.generations=2"]
+    small += ["--set", "search.offspring=4", "--set", "search.subset=2"]
+    assert main(["search", "--config", str(project), *small]) == 0
+    profile = Path(last_json(capsys)["run"]) / "profile.json"
+    train = ["train", "--config", str(project), "--set", f"env.reference={profile}"]
+    train += ["--set", "env.target_sparsity=[0.2,0.4]", "--set", "env.target_step=0.2"]
+    train += ["--set", "train.total_steps=16", "--set", "train.n_envs=4"]
+    assert main(train) == 0
+    agent = sorted((project.parent / "runs").glob("train_*/agent_final.zip"))[-1]
+    # eval takes the reference from the agent's run (not from its own config) as searched arm
+    evaluate = ["eval", "--config", str(project), "--agent", str(agent), "--limit", "1"]
+    assert main([*evaluate, "--set", "eval.targets=[0.3,0.4]"]) == 0
+    result = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    assert result["profile"] == str(profile)
+    assert [row["target"] for row in result["sweep"]] == [0.3, 0.4]
+    assert "searched" not in result["sweep"][0]["arms"]  # searched at 0.2 and 0.4 only
+    assert "searched" in result["sweep"][1]["arms"]
+    for row in result["sweep"]:
+        sparsity = {round(arm["sparsity"], 6) for arm in row["arms"].values()}
+        assert len(sparsity) == 1 and abs(sparsity.pop() - row["target"]) <= 8 / (N_LAYERS * D_FF)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -153,26 +179,26 @@ class _Bandit(gym.Env):
         return np.zeros(4, np.float32), 0.0, True, False, {}
 
 
-def test_train_warm_starts_the_actor_at_the_profile(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_residual_agent_starts_at_the_reference_profile(project: Path, tmp_path: Path) -> None:
     n_layers = N_LAYERS + 2
     profiles = [
-        {"target": t, "fractions": np.linspace(0, 2 * t, n_layers).tolist()}
-        for t in (0.1, 0.25, 0.45)
+        {"target": t, "fractions": np.linspace(0, 2 * t, n_layers).tolist()} for t in (0.1, 0.3)
     ]
     path = tmp_path / "profile.json"
     path.write_text(json.dumps({"profiles": profiles}))
-    cfg = load_config(project, [f"sac.init_profile={path}", "env.target_sparsity=[0.1,0.5]"])
-    init = init_fractions(cfg, n_layers)  # middle of [0.1, 0.5] is 0.3: nearest target 0.25
-    assert "target 0.25" in capsys.readouterr().out
-    assert init == pytest.approx(np.linspace(0, 0.5, n_layers))
-    agent = make_agent(cfg.sac, _Bandit(), 0, init)
-    with torch.no_grad():
-        agent.actor.mu.weight.zero_()
-    action, _ = agent.predict(np.zeros(4, np.float32), deterministic=True)
-    assert (action + 1) / 2 == pytest.approx(np.clip(init, 0.02, 0.98), abs=1e-4)
-    # without a profile: sac.init_action everywhere
+    cfg = load_config(project, [f"env.reference={path}", "env.target_sparsity=[0.1,0.3]"])
+    action_map = make_action_map(cfg.env, n_layers, 64)
+    assert action_map.reference is not None and action_map.radius == cfg.env.radius
+    # between two searched targets the reference is interpolated: 0.2 -> linspace(0, 0.4)
+    assert action_map.reference.at(0.2)[0] == pytest.approx(np.linspace(0, 0.4, n_layers))
+    agent = make_agent(cfg.sac, _Bandit(), 0, residual=True)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert np.array_equal(actions, np.zeros_like(actions))  # every input: the reference itself
+    targets = np.full(5, 0.2)
+    expected = project_to_target(np.linspace(0, 0.4, n_layers), 0.2, 64, cfg.env.align)
+    assert (action_map.kept(actions, targets) == expected).all()
+    # without a reference: sac.init_action everywhere
     plain = make_agent(cfg.sac, _Bandit(), 0)
     with torch.no_grad():
         plain.actor.mu.weight.zero_()
@@ -184,6 +210,17 @@ def test_train_with_a_missing_profile_is_one_line_exit_2(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
     before = runs(project)
-    argv = ["train", "--config", str(project), "--set", "sac.init_profile=/no/such/profile.json"]
+    argv = ["train", "--config", str(project), "--set", "env.reference=/no/such/profile.json"]
     fails_cleanly(capsys, argv, "profile file")
     assert runs(project) == before
+
+
+def test_bench_search_counts_evaluations_as_search_does(tmp_path: Path) -> None:
+    from bench.bench_search import main as bench_main
+
+    argv = ["--arch", "tiny", "--device", "cpu", "--generations", "2", "--calibration", "8"]
+    row = bench_main([*argv, "--subset", "4", "--seq-len", "32", "--out", str(tmp_path / "s.json")])
+    # the first parent on all 8 windows, then per generation 16 mutants on 4 + 2 survivors on 8
+    assert row["evaluations"] == 1 + 2 * (16 + 2)
+    assert row["tokens_scored"] == 31 * (8 + 2 * (16 * 4 + 2 * 8))
+    assert json.loads((tmp_path / "s.json").read_text())["evaluations"] == 37
