@@ -13,15 +13,15 @@ args=(--config configs/smollm2-135m-cuda.yml --set "model.llm=$gguf" --set "trai
 profile() { ls "$runs"/search_*/profile.json | tail -n 1; }
 case $stage in
   search)
-    python3 main.py search "${args[@]}" --set "search.targets=[0.1,0.2,0.3,0.4,0.5]" \
+    exec python3 main.py search "${args[@]}" --set "search.targets=[0.1,0.2,0.3,0.4,0.5]" \
       --set search.generations=40 --set search.offspring=16 --set search.survivors=2 \
       --set search.subset=16 --set search.calibration=128 ;;
   train)
-    python3 main.py train "${args[@]}" --set train.total_steps="${STEPS:-100000}" \
+    exec python3 main.py train "${args[@]}" --set train.total_steps="${STEPS:-100000}" \
       --set train.n_envs=32 --set sac.gradient_steps=8 --set train.checkpoint_every=5000 \
       --set env.reference="$(profile)" --set env.target_step=0.1 ${RESUME:+--resume latest} ;;
   eval)
-    python3 main.py eval "${args[@]}" --set "eval.targets=[0.1,0.2,0.3,0.4,0.5]" \
+    exec python3 main.py eval "${args[@]}" --set "eval.targets=[0.1,0.2,0.3,0.4,0.5]" \
       --neurons "${NEURONS:-both}" ${AGENT:+--agent "$AGENT"} ;;
   *) echo "usage: $0 search|train|eval GGUF RUNS" >&2; exit 2 ;;
 esac
