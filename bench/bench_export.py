@@ -41,9 +41,11 @@ from bench.common import (  # noqa: E402
     free_memory,
     guarded,
     sync,
+    weights_read_per_token,
 )
 from pruning.allocation import kept_counts  # noqa: E402
 from pruning.export import build_pruned_model, narrow_state_dict, pruned_config  # noqa: E402
+from pruning.generation import GreedyDecoder  # noqa: E402
 
 TINY = dict(
     arch="tiny", aligns=[8, 16], prefill_tokens=32, prefill_batches=[1, 2], decode_batches=[1, 2],
@@ -76,15 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- ideal speedups ---------------------------------------------------------------------------
 
 
-def weights_read_per_token(model: torch.nn.Module) -> int:
-    """Parameters a decode step reads: all but the embedding table (a lookup reads one row);
-    with tied embeddings the table is the LM head and is read in full."""
-    embed = model.get_input_embeddings().weight
-    seen = {id(p): p for p in model.parameters()}
-    tied = model.get_output_embeddings().weight is embed
-    return sum(p.numel() for p in seen.values() if tied or p is not embed)
-
-
 def prefill_flops(model: torch.nn.Module, tokens: int) -> float:
     kept = [layer.mlp.gate_proj.out_features for layer in model.model.layers]
     return forward_flops(model.config, tokens, 1, kept)
@@ -101,91 +94,33 @@ def prefill_tok_s(model: Any, batch: int, tokens: int, reps: int, device: torch.
     return batch * tokens / ms * 1e3
 
 
-class Decoder:
-    """Greedy decode steps on a static KV cache; on CUDA one step is a captured CUDA graph."""
-
-    def __init__(self, model: Any, batch: int, prompt: int, new: int, graph: bool) -> None:
-        from transformers import StaticCache
-
-        self.model, self.prompt, self.new = model, prompt, new
-        device = model.device
-        self.cache = StaticCache(config=model.config, max_cache_len=prompt + new + 4)
-        gen = torch.Generator(device=device).manual_seed(0)
-        vocab = model.config.vocab_size
-        self.prompt_ids = torch.randint(0, vocab, (batch, prompt), device=device, generator=gen)
-        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # static input
-        self.position = torch.zeros(1, dtype=torch.long, device=device)  # static position
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.capture_s, self.capture_error = 0.0, None
-        self.prefill()
-        if graph and device.type == "cuda":
-            start = time.perf_counter()
-            try:
-                self.graph = self._capture()
-            except Exception as err:  # decode eagerly instead, and say so in the results
-                self.capture_error = f"{type(err).__name__}: {str(err)[:200]}"
-                print(f"CUDA graph capture failed, decoding eagerly: {self.capture_error}")
-                torch.cuda.synchronize()
-            self.capture_s = time.perf_counter() - start
-
-    def _inputs(self) -> dict[str, Any]:
-        # transformers >= 5.2x: static layers count their length in a tensor; older: cache_position
-        if hasattr(self.cache.layers[0], "cumulative_length"):
-            return {"position_ids": self.position[None]}
-        return {"position_ids": self.position[None], "cache_position": self.position}
-
-    @torch.no_grad()  # inference tensors could not be rewound in place
-    def prefill(self) -> None:
-        out = self.model(self.prompt_ids, past_key_values=self.cache, use_cache=True)
-        self.token.copy_(out.logits[:, -1:].argmax(-1))
-        self.rewind()
-
-    def rewind(self) -> None:
-        """Back to the end of the prompt, in place (the addresses a CUDA graph captured stay)."""
-        self.position.fill_(self.prompt)
-        for layer in self.cache.layers:
-            length = getattr(layer, "cumulative_length", None)
-            if isinstance(length, torch.Tensor):
-                length.fill_(self.prompt)
-
-    @torch.no_grad()  # inference tensors could not be rewound in place
-    def step(self) -> None:
-        out = self.model(self.token, past_key_values=self.cache, use_cache=True, **self._inputs())
-        self.token.copy_(out.logits[:, -1:].argmax(-1))
-        self.position.add_(1)
-
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up (lazy cache allocation, cuBLAS handles)
-            for _ in range(3):
-                self.step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.rewind()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
-        return graph
-
-    def run(self) -> None:
-        """`new` greedy steps from the end of the prompt."""
-        self.rewind()
-        for _ in range(self.new):
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self.step()
-
-
 def decode_tok_s(
     model: Any, batch: int, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
-    decoder = Decoder(model, batch, args.prompt_tokens, args.new_tokens, graph=not args.eager)
-    ms = event_ms(decoder.run, device, args.reps, warmup=1)
-    mode = "cuda_graph" if decoder.graph is not None else "eager"
-    result = {"tok_s": batch * args.new_tokens / ms * 1e3, "mode": mode}
-    result |= {"capture_s": round(decoder.capture_s, 2), "capture_error": decoder.capture_error}
-    del decoder
+    """Greedy decode speed after a random prompt (`pruning.generation.GreedyDecoder`, the
+    `generate` command's decoder): each timed run rewinds to the end of the prompt."""
+    decoder = GreedyDecoder(model, batch, args.prompt_tokens + args.new_tokens + 4)
+    gen = torch.Generator(device=device).manual_seed(0)
+    vocab = model.config.vocab_size
+    decoder.prefill(
+        torch.randint(0, vocab, (batch, args.prompt_tokens), device=device, generator=gen)
+    )
+    start = time.perf_counter()
+    if not args.eager:
+        decoder.capture(warmup=3)
+        sync(device)
+    capture_s = time.perf_counter() - start
+    if decoder.capture_error:
+        print(f"CUDA graph capture failed, decoding eagerly: {decoder.capture_error}")
+
+    def run(d: GreedyDecoder = decoder) -> None:  # bound now: `del decoder` below
+        d.rewind(args.prompt_tokens)
+        d.steps(args.new_tokens)
+
+    ms = event_ms(run, device, args.reps, warmup=1)
+    result = {"tok_s": batch * args.new_tokens / ms * 1e3, "mode": decoder.mode}
+    result |= {"capture_s": round(capture_s, 2), "capture_error": decoder.capture_error}
+    del decoder, run
     free_memory(device)
     return result
 

@@ -27,11 +27,14 @@ import common as cm  # noqa: E402
 from stable_baselines3 import SAC  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 
+from pruning.context_importance import row_statistics  # noqa: E402
+from pruning.generation import prompt_mask_fn  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
+from rl.batched import context_groups  # noqa: E402
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit  # noqa: E402
 from rl.metrics import score_requests  # noqa: E402
 from rl.reward import RewardFn, make_reward  # noqa: E402
-from rl.tasks import WindowTask  # noqa: E402
+from rl.tasks import WindowTask, task_orderings  # noqa: E402
 from rl.vec_env import BatchedPruningVecEnv  # noqa: E402
 from rl.windows import model_input  # noqa: E402
 
@@ -42,6 +45,7 @@ SAC_KWARGS = dict(buffer_size=100_000, learning_starts=100, batch_size=256, gamm
 NET_ARCH = [256, 256]
 QUALITY_WEIGHT = 0.5
 PARTS = ("observation", "mask", "prune", "metric_forward", "undo", "reward")
+CRITERION = "mean_abs_activation"  # config.ImportanceConfig's default, ranks context neurons
 
 
 @dataclass(frozen=True)
@@ -81,16 +85,21 @@ class Task:
     rows: torch.Tensor  # [n_items, seq_len] token row the model reads, on the device
 
 
-def make_task(b: Bench, n_items: int, seq_len: int) -> Task:
-    """Items of exactly `seq_len` random tokens: one window, one forward of seq_len tokens."""
+def make_task(b: Bench, n_items: int, seq_len: int, context_windows: int = 0) -> Task:
+    """Items of exactly `seq_len` random tokens: one window, one forward of seq_len tokens.
+    With `context_windows`, each item also has that many earlier windows of seq_len random
+    tokens (its document's past) and the env keeps each item's context neurons."""
     cfg = b.llm.config
     tokens = torch.randint(cfg.vocab_size, (n_items, seq_len), generator=b.gen).tolist()
+    shape = (n_items, context_windows, seq_len)
+    contexts = torch.randint(cfg.vocab_size, shape, generator=b.gen).tolist()
     prefix = cfg.bos_token_id if cfg.bos_token_id is not None else 0
-    task = WindowTask(tokens, prefix, seq_len)
+    task = WindowTask(tokens, prefix, seq_len, contexts=contexts if context_windows else None)
     rows = [model_input(*task.requests(i)[0], seq_len) for i in range(n_items)]
     emb = b.rng.standard_normal((n_items, OBS_DIM)).astype(np.float32)
-    env = LLMPruningEnv(PruningBandit(b.llm, task, emb, b.action_map, b.reward_fn))
-    return Task(env, task, emb, torch.tensor(rows, device=b.device))
+    criterion = CRITERION if context_windows else None
+    bandit = PruningBandit(b.llm, task, emb, b.action_map, b.reward_fn, criterion=criterion)
+    return Task(LLMPruningEnv(bandit), task, emb, torch.tensor(rows, device=b.device))
 
 
 def random_actions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -232,6 +241,106 @@ def batched_vs_sequential(
     return [guarded(f"n_envs={n}", lambda n=n: run(n), b) for n in n_envs_list]
 
 
+# ---- context neurons (env.neurons: context) ---------------------------------------------------
+
+
+def _context_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
+    """One context-neuron step (orderings cached) by parts: the env's per-row masks at full
+    width, then the same pair with the kept neurons gathered instead (`prune(mask_fn)`)."""
+    llm, dev, env = b.llm, b.device, task.env
+    action, t = random_actions(b.rng, (llm.n_layers,)), {}
+    kept = b.action_map.kept(action[None], np.full(1, np.nan))  # [1, n_layers]
+    orderings = env.bandit.orderings([idx])  # cached: no dense pass here
+    _, t["context_masks"] = cm.timed(lambda: context_groups(llm, kept, orderings), dev)
+    mask_fn, t["gather_masks"] = cm.timed(lambda: prompt_mask_fn(orderings[0][0], kept[0]), dev)
+    _, t["gather"] = cm.timed(lambda: llm.prune(mask_fn), dev)
+    try:
+        reqs, t_ = task.task.requests(idx), task.task
+        score = lambda: score_requests(llm, reqs, t_.batch_size, t_.max_length)  # noqa: E731
+        _, t["gathered_forward"] = cm.timed(score, dev)
+    finally:
+        _, t["gather_undo"] = cm.timed(llm.undo_prune, dev)
+    gathered = ("gather_masks", "gather", "gathered_forward", "gather_undo")
+    t["gathered_step"] = sum(t[k] for k in gathered)
+    env.reset(options={"index": idx})
+    _, t["step"] = cm.timed(lambda: env.step(action), dev)
+    return t
+
+
+def context_profile(b: Bench, plan: Plan, seq_len: int, global_ms: float | None) -> dict:
+    """Steady state of training: every item's orderings computed once (before timing)."""
+    task = make_task(b, plan.n_items, seq_len, context_windows=1)
+    items = range(plan.n_items)
+    task.env.bandit.dense_metrics(items)
+    task.env.bandit.orderings(items)
+    cm.reset_peak(b.device)
+    reps = [_context_rep(b, task, i % plan.n_items) for i in range(plan.warmup + plan.reps)]
+    ms = {k: statistics.median(r[k] for r in reps[plan.warmup :]) for k in reps[0]}
+    ratio = lambda key: None if global_ms is None else ms[key] / global_ms  # noqa: E731
+    return {
+        "seq_len": seq_len, "reps": plan.reps, "ms": ms, "global_step_ms": global_ms,
+        "step_over_global": ratio("step"), "gathered_over_global": ratio("gathered_step"),
+        "max_memory_gb": cm.gpu_memory_gb(b.device),
+    }  # fmt: skip
+
+
+def orderings_one_off(b: Bench, plan: Plan, seq_len: int, windows: int) -> dict:
+    """One item's orderings from scratch (`rl.tasks.task_orderings`, what the env caches):
+    a dense pass over its context rows with hooks, then per-layer argsort; median over items."""
+    task = make_task(b, plan.n_items + 1, seq_len, context_windows=windows)
+    rows = task.task.context_rows(0)[0]
+    order = lambda i: task_orderings(b.llm, task.task, [i], CRITERION)  # noqa: E731
+    stats = lambda: row_statistics(b.llm, rows, CRITERION, task.task.batch_size)  # noqa: E731
+    order(0)  # warm-up (hooks, allocator)
+    items = range(1, plan.n_items + 1)
+    total = statistics.median(cm.timed(lambda i=i: order(i), b.device)[1] for i in items)
+    dense_pass = cm.median_ms(stats, b.device, max(1, plan.reps // 2))
+    return {"context_windows": windows, "context_tokens": windows * seq_len, "ms": total,
+            "statistics_ms": dense_pass, "orderings_ms": total - dense_pass}  # fmt: skip
+
+
+def context_batched(
+    b: Bench,
+    plan: Plan,
+    seq_len: int,
+    n_envs_list: list[int],
+    sac_ms: float | None,
+    global_rows: list[dict] | None,
+) -> list[dict]:
+    """`compare_paths` with context neurons (orderings cached), and vec step / global's."""
+    task = make_task(b, 2 * max(n_envs_list), seq_len, context_windows=1)
+    task.env.bandit.dense_metrics(range(len(task.task)))
+    task.env.bandit.orderings(range(len(task.task)))
+    by_n = {r["n_envs"]: r for r in global_rows or [] if "error" not in r}
+    rows = []
+    for n in n_envs_list:
+        run = lambda n=n: compare_paths(b, task, n, plan.vec_reps, sac_ms)  # noqa: E731
+        row = guarded(f"context n_envs={n}", run, b)
+        if "error" not in row and n in by_n:
+            row["global_vec_step_ms"] = by_n[n]["vec_step_ms"]
+            row["vec_step_over_global"] = row["vec_step_ms"] / by_n[n]["vec_step_ms"]
+            row["seq_step_over_global"] = row["seq_step_ms"] / by_n[n]["seq_step_ms"]
+        rows.append(row | {"n_envs": n})
+    return rows
+
+
+def context_sections(b: Bench, plan: Plan, args: argparse.Namespace, result: dict) -> dict:
+    prof = result.get("step_profile") or {}
+    global_ms = prof.get("ms", {}).get("step")
+    out: dict[str, Any] = {"criterion": CRITERION}
+    windows = sorted({1, args.context_windows})
+    one_off = [(w, lambda w=w: orderings_one_off(b, plan, args.seq_len, w)) for w in windows]
+    out["orderings_one_off"] = [guarded(f"orderings {w}", fn, b) for w, fn in one_off]
+    profile = lambda: context_profile(b, plan, args.seq_len, global_ms)  # noqa: E731
+    out["step_profile"] = guarded("context profile", profile, b)
+    batched = result.get("batched") if isinstance(result.get("batched"), list) else None
+    run = lambda: context_batched(  # noqa: E731
+        b, plan, args.batch_seq_len, args.n_envs, result["sac_update"].get("ms"), batched
+    )
+    out["batched"] = guarded("context batched", run, b)
+    return out
+
+
 def run_arch(arch: str, args: argparse.Namespace, plan: Plan) -> dict:
     dev = torch.device(args.device)
     dtype = cm.arch_dtype(dev)
@@ -248,16 +357,21 @@ def run_arch(arch: str, args: argparse.Namespace, plan: Plan) -> dict:
     b = Bench(llm, action_map, reward_fn, dev, np.random.default_rng(0), gen)
     seq_lens = dict.fromkeys((args.seq_len, args.batch_seq_len))  # profiled and batched lengths
     print(f"{arch}: built, profiling", file=sys.stderr, flush=True)
-    result["step_profile"] = guarded(
-        "profile", lambda: profile_step(b, plan, args.seq_len, peak), b
-    )
+    n_envs, with_global = args.n_envs, args.neurons != "context"
+    if with_global:
+        profile = lambda: profile_step(b, plan, args.seq_len, peak)  # noqa: E731
+        result["step_profile"] = guarded("profile", profile, b)
     dense = [(f"dense {t}", lambda t=t: dense_forward(b, t, plan.reps, peak)) for t in seq_lens]
     result["dense_forward"] = [guarded(name, fn, b) for name, fn in dense]
     result["sac_update"] = sac = guarded("sac", lambda: sac_update(b, plan.sac_reps), b)
-    print(f"{arch}: batched vs sequential", file=sys.stderr, flush=True)
-    n_envs, sac_ms = args.n_envs, sac.get("ms")
-    batched = lambda: batched_vs_sequential(b, plan, args.batch_seq_len, n_envs, sac_ms)  # noqa: E731
-    result["batched"] = guarded("batched", batched, b)
+    if with_global:
+        print(f"{arch}: batched vs sequential", file=sys.stderr, flush=True)
+        sac_ms = sac.get("ms")
+        batched = lambda: batched_vs_sequential(b, plan, args.batch_seq_len, n_envs, sac_ms)  # noqa: E731
+        result["batched"] = guarded("batched", batched, b)
+    if args.neurons != "global":
+        print(f"{arch}: context neurons", file=sys.stderr, flush=True)
+        result["context"] = guarded("context", lambda: context_sections(b, plan, args, result), b)
     return result
 
 
@@ -291,20 +405,70 @@ def part_rows(prof: dict, sac: dict) -> list[dict]:
     return rows + [{"part": "sac_update (1 gradient step)", "ms": sac.get("ms")}]
 
 
+CONTEXT_STEP_COLS = [
+    ("context step (cached orderings)", "step", ".2f"), ("masks", "context_masks", ".2f"),
+    ("gathered: masks", "gather_masks", ".2f"), ("gather", "gather", ".2f"),
+    ("gathered forward", "gathered_forward", ".2f"), ("undo", "gather_undo", ".3f"),
+    ("gathered step", "gathered_step", ".2f"),
+]  # fmt: skip
+CONTEXT_RATIO_COLS = [
+    ("global step ms", "global_step_ms", ".2f"),
+    ("context / global (<=1.5)", "step_over_global", ".3f"),
+    ("gathered / global", "gathered_over_global", ".3f"), ("max mem GB", "max_memory_gb", ".2f"),
+]  # fmt: skip
+ONE_OFF_COLS = [
+    ("context windows", "context_windows", ""), ("context tokens", "context_tokens", ""),
+    ("orderings of 1 item ms", "ms", ".1f"), ("dense stats pass ms", "statistics_ms", ".1f"),
+    ("argsort etc. ms", "orderings_ms", ".1f"),
+]  # fmt: skip
+CONTEXT_BATCH_COLS = [
+    ("n_envs", "n_envs", ""), ("context vec step ms", "vec_step_ms", ".1f"),
+    ("global vec step ms", "global_vec_step_ms", ".1f"),
+    ("vec context / global (<=1.5)", "vec_step_over_global", ".3f"),
+    ("seq context / global", "seq_step_over_global", ".3f"),
+    ("batched steps/s", "batched_steps_per_s", ".1f"), ("speedup vs seq", "speedup", ".2f"),
+    ("reward max abs diff", "reward_max_abs_diff", ".1e"), ("max mem GB", "max_memory_gb", ".2f"),
+]  # fmt: skip
+
+
+def _rows(value: Any) -> list[dict]:
+    return value if isinstance(value, list) else [value]
+
+
+def context_tables(ctx: dict) -> list[str]:
+    if "error" in ctx:
+        return [f"context: {ctx['error']}"]
+    out = ["Context neurons: one item's orderings from scratch (once per item, then cached)"]
+    out.append(cm.dict_table(ctx["orderings_one_off"], ONE_OFF_COLS))
+    prof = ctx["step_profile"]
+    head = "Context step, orderings cached, 1 item"
+    if "error" not in prof:
+        head += f" of {prof['seq_len']} tokens, ms, median of {prof['reps']}"
+    out += [head, cm.dict_table([prof.get("ms", prof)], CONTEXT_STEP_COLS)]
+    out.append(cm.dict_table([prof], CONTEXT_RATIO_COLS))
+    out.append("Context neurons, batched (per-row masks)")
+    out.append(cm.dict_table(_rows(ctx["batched"]), CONTEXT_BATCH_COLS))
+    return out
+
+
 def print_tables(r: dict, device: str) -> None:
     out = [f"## {r['arch']} ({r['dtype']}) on {device}, random weights"]
     out.append(cm.dict_table([r["matmul"]], MATMUL_COLS))
     if "build" in r:
         print("\n\n".join([*out, f"build: {r['build']['error']}"]), flush=True)
         return
-    prof = r["step_profile"]
-    if "error" not in prof:
+    prof = r.get("step_profile")
+    if prof is not None and "error" not in prof:
         out.append(f"Step profile: 1 item of {prof['seq_len']} tokens, median of {prof['reps']}")
         out.append(cm.dict_table(part_rows(prof, r["sac_update"]), PART_COLS))
-    out += [cm.dict_table([prof], SUMMARY_COLS), cm.dict_table(r["dense_forward"], DENSE_COLS)]
-    batched = r["batched"] if isinstance(r["batched"], list) else [r["batched"]]
-    out.append("Batched vs sequential (+upd: 1 SAC gradient step per vec step)")
-    out.append(cm.dict_table(batched, BATCH_COLS))
+    if prof is not None:
+        out.append(cm.dict_table([prof], SUMMARY_COLS))
+    out.append(cm.dict_table(r["dense_forward"], DENSE_COLS))
+    if "batched" in r:
+        out.append("Batched vs sequential (+upd: 1 SAC gradient step per vec step)")
+        out.append(cm.dict_table(_rows(r["batched"]), BATCH_COLS))
+    if "context" in r:
+        out += context_tables(r["context"])
     print("\n\n".join(out), flush=True)
 
 
@@ -316,6 +480,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-seq-len", type=int, default=None, help="512; --quick: 64")
     parser.add_argument("--n-envs", type=int, nargs="+", default=None, help="4 8 16; quick: 2 4")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes")
+    parser.add_argument(
+        "--neurons", choices=("global", "context", "both"), default="global",
+        help="global: the sections above; context: context-neuron sections; both: all, + ratios",
+    )  # fmt: skip
+    parser.add_argument(
+        "--context-windows", type=int, default=4,
+        help="one-off orderings cost: items with 1 and this many earlier windows (4)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
     args = parser.parse_args(argv)
     args.batch_seq_len = args.batch_seq_len or (64 if args.quick else 512)

@@ -140,6 +140,16 @@ def forward_flops(config: Any, tokens_per_row: int, rows: int, kept: list[int]) 
     return 2.0 * tokens * params + attention
 
 
+def weights_read_per_token(model: torch.nn.Module) -> int:
+    """Parameters a decode step reads: all but the embedding table (a lookup reads one row);
+    with tied embeddings the table is the LM head and is read in full. The ideal decode speedup
+    of a narrowed model is the dense count over its count (decode is bound by weight reads)."""
+    embed = model.get_input_embeddings().weight
+    seen = {id(p): p for p in model.parameters()}
+    tied = model.get_output_embeddings().weight is embed
+    return sum(p.numel() for p in seen.values() if tied or p is not embed)
+
+
 def gpu_memory_gb(device: torch.device) -> float | None:
     """Peak allocated memory since the last `reset_peak(device)`, in GiB (None off CUDA)."""
     if device.type != "cuda":

@@ -79,3 +79,22 @@ def test_generate_bad_input(
     before = runs(project)
     fails_cleanly(capsys, ["generate", "--config", str(project), *extra], message)
     assert runs(project) == before
+
+
+@pytest.mark.parametrize("at", [0, 1, 5])
+def test_generation_stops_after_eos_as_hf_generate(at: int) -> None:
+    llm = tiny_llm()
+    expected = dense_generate(llm, 12)
+    llm.generation_config.eos_token_id = expected[at]
+    stopped = dense_generate(llm, 12)  # HF: up to and including the first eos
+    assert stopped == expected[: expected.index(expected[at]) + 1]
+    assert generate_narrowed(llm, PROMPT, None, 12).tokens == stopped
+    assert generate_narrowed(llm, PROMPT, None, 12, stop_at_eos=False).tokens == expected
+
+
+def test_generation_phases_and_steady_speed() -> None:
+    out = generate_narrowed(tiny_llm(), PROMPT, np.array([16, 24, 8]), 10, "context")
+    assert list(out.phases) == ["statistics", "top_k", "gather", "prompt", "capture", "steps"]
+    assert out.decode_mode == "eager" and out.replayed_tokens == 10 - 1 - 2  # prompt, warm-up
+    assert out.prefill_seconds == pytest.approx(out.phases["statistics"] + out.phases["top_k"])
+    assert out.steady_tokens_per_second > 0
