@@ -127,6 +127,20 @@ def compare(row: dict[str, Any], dense: dict[str, Any], new_tokens: int) -> dict
     }  # fmt: skip
 
 
+def fit_step_time(rows: list[dict[str, Any]], bytes_per_param: int) -> dict[str, float] | None:
+    """Least squares of the decode step time over the weight bytes it reads, over the arms:
+    step ms = fixed_ms + bytes / bandwidth. fixed_ms is what does not shrink with the MLP
+    (per-kernel costs of the norms, RoPE, attention, sampling); the ideal assumes it is zero."""
+    ok = [r for r in rows if "error" not in r]
+    if len(ok) < 2:
+        return None
+    gb = np.array([r["weights_per_token"] * bytes_per_param / 1e9 for r in ok])
+    ms = np.array([1e3 / r["decode_tok_s"] for r in ok])
+    slope, fixed = np.polyfit(gb, ms, 1)
+    return {"fixed_ms": float(fixed), "gb_per_s": float(1e3 / slope) if slope > 0 else None,
+            "dense_step_ms": float(ms[0]), "dense_weight_gb": float(gb[0])}  # fmt: skip
+
+
 COLS = [
     ("arm", "name", ""), ("select ms", "select_ms", ".1f"), ("stats ms", "statistics_ms", ".1f"),
     ("top-k ms", "top_k_ms", ".1f"), ("gather ms", "gather_ms", ".1f"),
@@ -171,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     rows, build_s = run(args, device)
     print(dict_table(rows, COLS))
+    fit = fit_step_time(rows, arch_dtype(device).itemsize)
+    if fit is not None:
+        print(f"decode step fit over the arms: {fit['fixed_ms']:.2f} ms fixed + weight bytes at "
+              f"{fit['gb_per_s'] or float('nan'):,.0f} GB/s (dense step {fit['dense_step_ms']:.2f} "
+              f"ms, {fit['dense_weight_gb']:.2f} GB of weights)")  # fmt: skip
     total = time.perf_counter() - start
     print(f"total {total:.0f} s; decode mode {rows[0]['decode_mode']}")
     if args.out:
@@ -182,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": __import__("transformers").__version__,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "phases": PHASES,
+            "step_time_fit": fit,
             "build_s": round(build_s, 1),
             "total_s": round(total, 1),
         }

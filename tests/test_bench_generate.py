@@ -14,8 +14,10 @@ def test_bench_generate_tiny(tmp_path: Path) -> None:
 
     out = tmp_path / "generate.json"
     assert main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [r["name"] for r in rows] == ["dense", "context 0.3", "context 0.5"]
+    assert set(result["meta"]["step_time_fit"]) >= {"fixed_ms", "gb_per_s"}
     dense, _, half = rows
     assert dense["ideal"] == 1.0 and dense["select_ms"] == 0.0 and dense["gather_ms"] < 1
     assert all("error" not in r and r["decode_tok_s"] > 0 for r in rows)
