@@ -23,7 +23,6 @@ case $stage in
       --set train.n_envs=32 --set sac.gradient_steps=8 --set train.checkpoint_every=5000 \
       --set env.reference="$(profile)" --set env.target_step=0.1 ${RESUME:+--resume latest} ;;
   eval)
-    exec python3 main.py eval "${args[@]}" --set "eval.targets=[0.1,0.2,0.3,0.4,0.5]" \
-      --neurons "${NEURONS:-both}" ${AGENT:+--agent "$AGENT"} ;;
+    exec python3 main.py eval "${args[@]}" --neurons "${NEURONS:-both}" ${AGENT:+--agent "$AGENT"} ;;
   *) echo "usage: $0 search|train|eval GGUF RUNS" >&2; exit 2 ;;
 esac
