@@ -177,11 +177,10 @@ class GreedyDecoder:
 
 
 def eos_ids(model: Any) -> list[int]:
-    """The end-of-sequence ids greedy generation stops at (as HF `generate` reads them)."""
-    config = getattr(model, "generation_config", None)
+    """The end-of-sequence ids greedy generation stops at, read as HF `generate` reads them
+    (the generation config's, else the model config's)."""
+    config = getattr(model, "generation_config", None) or model.config
     eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
     if eos is None:
         return []
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]

@@ -98,3 +98,20 @@ def test_generation_phases_and_steady_speed() -> None:
     assert out.decode_mode == "eager" and out.replayed_tokens == 10 - 1 - 2  # prompt, warm-up
     assert out.prefill_seconds == pytest.approx(out.phases["statistics"] + out.phases["top_k"])
     assert out.steady_tokens_per_second > 0
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_matches_hf_generate() -> None:
+    llm = tiny_llm()
+    llm.wrapped.to("cuda")
+    llm.generation_config.eos_token_id = None  # 40 tokens on both paths
+    ids = torch.tensor([PROMPT], device="cuda")
+    ref = llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                       do_sample=False, pad_token_id=0)[0, len(PROMPT) :].tolist()  # fmt: skip
+    out = generate_narrowed(llm, PROMPT, None, 40)
+    assert out.decode_mode == "cuda_graph" and out.tokens == ref
+    kept = np.array([16, 24, 8])
+    graph = generate_narrowed(llm, PROMPT, kept, 40, "context", stop_at_eos=False)
+    eager = generate_narrowed(llm, PROMPT, kept, 40, "context", stop_at_eos=False, graph=False)
+    assert graph.decode_mode == "cuda_graph" and eager.decode_mode == "eager"
+    assert graph.tokens == eager.tokens and len(graph.tokens) == 40
