@@ -14,8 +14,12 @@ no EOS stop, so every call decodes exactly --new-tokens.
 - "+ select": selection (statistics + top-k) and gather amortized over --new-tokens:
   new_tokens / (select + gather + new_tokens / decode tok/s), vs the dense decode
 - end to end: tokens / the whole call (selection, gather, prompt pass, capture, decode)
+- --compile: decode steps through torch.compile, captured in the graph as before; the first
+  call of each arm compiles (its "compile" phase is reported as compile s, apart from the
+  timed calls), and one uncompiled call per arm checks the tokens (same_tokens_as_uncompiled)
 
     python bench/bench_generate.py --out $OUT/generate.json             # GPU: 8B shape, ~1 min
+    python bench/bench_generate.py --compile --out $OUT/generate_compiled.json
     OMP_NUM_THREADS=1 python bench/bench_generate.py --tiny             # CPU smoke test, seconds
 """
 
@@ -45,7 +49,12 @@ from bench.common import (  # noqa: E402
     weights_read_per_token,
 )
 from pruning.allocation import kept_counts  # noqa: E402
-from pruning.generation import PHASES, Generation, generate_narrowed  # noqa: E402
+from pruning.generation import (  # noqa: E402
+    COMPILE_MODES,
+    PHASES,
+    Generation,
+    generate_narrowed,
+)
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 
 TINY = dict(arch="tiny", prompt_tokens=16, new_tokens=12, reps=1, warmup=0)
@@ -65,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="timed calls per arm (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per arm first")
     parser.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=COMPILE_MODES, metavar="MODE",
+                        help=f"decode via torch.compile, MODE one of {COMPILE_MODES}")  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU smoke test")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -74,11 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def one_call(llm: PrunableLLM, prompt: list[int], kept: Any, args: argparse.Namespace) -> Any:
+def one_call(
+    llm: PrunableLLM, prompt: list[int], kept: Any, args: argparse.Namespace, compiled: bool = True
+) -> Generation:
     return generate_narrowed(
         llm, prompt, kept, args.new_tokens, args.neurons, args.criterion,
-        stop_at_eos=False, graph=not args.eager,
+        stop_at_eos=False, graph=not args.eager, compile_mode=args.compile if compiled else None,
     )  # fmt: skip
+
+
+def same_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens two greedy continuations share before they first differ."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def summarize(runs: list[Generation], new_tokens: int) -> dict[str, Any]:
@@ -98,9 +117,12 @@ def summarize(runs: list[Generation], new_tokens: int) -> dict[str, Any]:
 def measure_arm(
     llm: PrunableLLM, prompt: list[int], kept: np.ndarray | None, args: argparse.Namespace
 ) -> dict[str, Any]:
-    for _ in range(args.warmup):
-        one_call(llm, prompt, kept, args)
-    row = summarize([one_call(llm, prompt, kept, args) for _ in range(args.reps)], args.new_tokens)
+    calls = [one_call(llm, prompt, kept, args) for _ in range(args.warmup + args.reps)]
+    row = summarize(calls[args.warmup :], args.new_tokens)
+    row["compile_s"] = calls[0].phases["compile"]  # the first call of this shape compiles
+    if args.compile:  # bf16: fused kernels round differently; greedy tokens may part late
+        plain = one_call(llm, prompt, kept, args, compiled=False).tokens
+        row["same_tokens_as_uncompiled"] = same_prefix(calls[-1].tokens, plain)
     if kept is not None:
         with llm.pruned(kept):  # prefix views: only the shapes matter here
             row["weights_per_token"] = weights_read_per_token(llm.wrapped)
@@ -144,7 +166,8 @@ def fit_step_time(rows: list[dict[str, Any]], bytes_per_param: int) -> dict[str,
 COLS = [
     ("arm", "name", ""), ("select ms", "select_ms", ".1f"), ("stats ms", "statistics_ms", ".1f"),
     ("top-k ms", "top_k_ms", ".1f"), ("gather ms", "gather_ms", ".1f"),
-    ("prompt ms", "prompt_ms", ".1f"), ("capture ms", "capture_ms", ".1f"),
+    ("prompt ms", "prompt_ms", ".1f"), ("compile s", "compile_s", ".1f"),
+    ("capture ms", "capture_ms", ".1f"),
     ("decode tok/s", "decode_tok_s", ",.1f"), ("speedup", "speedup", ".3f"),
     ("ideal", "ideal", ".3f"), ("of ideal", "fraction_of_ideal", ".1%"),
     ("+ select: speedup", "speedup_with_select", ".3f"),
@@ -191,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{fit['gb_per_s'] or float('nan'):,.0f} GB/s (dense step {fit['dense_step_ms']:.2f} "
               f"ms, {fit['dense_weight_gb']:.2f} GB of weights)")  # fmt: skip
     total = time.perf_counter() - start
-    print(f"total {total:.0f} s; decode mode {rows[0]['decode_mode']}")
+    print(f"total {total:.0f} s; decode mode {rows[0]['decode_mode']}, compile {args.compile}")
     if args.out:
         meta = {
             "arch": args.arch,

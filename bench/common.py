@@ -35,6 +35,8 @@ ARCHS: dict[str, dict[str, Any]] = {
         max_position_embeddings=4096, tie_word_embeddings=False,
     ),
 }  # fmt: skip
+# 4 layers of the 8B: per-layer costs at the 8B's widths where compiling all 32 takes minutes
+ARCHS["llama-3.1-8b-4l"] = ARCHS["llama-3.1-8b"] | dict(num_hidden_layers=4)
 
 
 def arch_dtype(device: torch.device) -> torch.dtype:

@@ -3,7 +3,9 @@ neuron's statistic, every layer keeps its top kept[l] neurons for this prompt, t
 weights are gathered once (`PrunableLLM.prune(mask_fn)`: contiguous copies), and greedy
 decoding runs on that model with a static KV cache (`GreedyDecoder`): on CUDA every decode step
 is one replay of a captured CUDA graph, since an eager step of a large model is bound by kernel
-launches and would hide what the narrowed weights save."""
+launches and would hide what the narrowed weights save. Opt-in (`compile_mode`): the model's
+decode forward goes through `torch.compile` first (fused kernels for the norms, RoPE, the cache
+update), and that compiled step is what the graph captures."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pruning.prunable_llm import MaskFn, PrunableLLM
 
 WARMUP_STEPS = 2  # eager decode steps before a capture (lazy allocations, cuBLAS handles)
 EOS_CHECK_EVERY = 16  # decode steps between checks for an end-of-sequence token (one sync each)
+# torch.compile modes that leave the CUDA graph to us ("reduce-overhead" captures graphs itself)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ PHASES = {
     "top_k": "per-layer orderings and keep masks from the statistics",
     "gather": "PrunableLLM.prune: narrowed weights gathered (or prefix views)",
     "prompt": "the narrowed model's prompt pass into the static cache (first new token)",
+    "compile": "the first decode step through torch.compile (compile_mode only; else 0)",
     "capture": "warm-up steps and the CUDA graph capture (CUDA only; eager: the warm-up)",
     "steps": "the remaining decode steps",
 }
@@ -70,12 +75,25 @@ class GreedyDecoder:
     so on CUDA one step is captured once (`capture`) and replayed; elsewhere, or if the capture
     fails, steps run eagerly. `rewind` goes back to an earlier position (benchmarks repeat runs).
     Everything runs under no_grad, not inference_mode: inference tensors can't be rewound later.
+
+    `compile_mode` (one of COMPILE_MODES): decode steps call `torch.compile(model)` instead
+    (dynamic=False: one kernel set per weight shape; the first step of a shape compiles, later
+    decoders of the same model and shapes reuse it); the prompt pass stays eager.
     """
 
-    def __init__(self, model: Any, batch: int, max_len: int) -> None:
+    def __init__(
+        self, model: Any, batch: int, max_len: int, compile_mode: str | None = None
+    ) -> None:
         from transformers import StaticCache
 
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {compile_mode!r}: use one of {COMPILE_MODES} or None")
         self.model = model
+        module = getattr(model, "wrapped", model)  # PrunableLLM: compile the HF module itself
+        self.step_model = module if compile_mode is None else torch.compile(
+            module, mode=compile_mode, dynamic=False
+        )  # fmt: skip
+        self.compile_mode = compile_mode
         self.device = model.get_input_embeddings().weight.device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.tokens = torch.zeros(batch, max_len + 1, dtype=torch.long, device=self.device)
@@ -119,7 +137,7 @@ class GreedyDecoder:
     @torch.no_grad()
     def _step(self) -> None:
         token = self.tokens.index_select(1, self.position)  # [batch, 1]
-        out = self.model(
+        out = self.step_model(
             token, past_key_values=self.cache, use_cache=True, **self._positions(self.position)
         )
         self.tokens.index_copy_(1, self.position + 1, out.logits[:, -1:].argmax(-1))
@@ -221,16 +239,23 @@ def decode(
     eos: Sequence[int],
     graph: bool,
     clock: _Clock,
+    compile_mode: str | None = None,
 ) -> tuple[list[int], dict[str, float], str, int]:
     """Greedy tokens of `model` after `prompt` on a `GreedyDecoder`; the phases "prompt",
-    "capture" and "steps" in seconds; the decode mode; the tokens of the "steps" phase."""
+    "compile", "capture" and "steps" in seconds; the decode mode; the tokens of "steps"."""
     device = model.get_input_embeddings().weight.device
-    decoder = GreedyDecoder(model, 1, len(prompt) + max_new_tokens)
+    decoder = GreedyDecoder(model, 1, len(prompt) + max_new_tokens, compile_mode)
     decoder.prefill(torch.tensor([prompt], device=device))
     phases = {"prompt": clock.lap()}
     remaining = max_new_tokens - 1
-    warmup = min(WARMUP_STEPS, remaining)
-    taken = decoder.capture(warmup) if graph and remaining > warmup else decoder.steps(warmup)
+    taken = 0
+    phases["compile"] = 0.0
+    if compile_mode is not None:
+        taken = decoder.steps(min(1, remaining))  # compiles, unless this shape already did
+        phases["compile"] = clock.lap()
+    warmup = min(WARMUP_STEPS, remaining - taken)
+    graphed = graph and remaining - taken > warmup
+    taken += decoder.capture(warmup) if graphed else decoder.steps(warmup)
     phases["capture"] = clock.lap()
     first = len(prompt)  # position of the first new token
     ended = any(t in eos for t in decoder.generated(first, 1 + taken)[0])
@@ -249,12 +274,14 @@ def generate_narrowed(
     criterion: CriterionName = "mean_abs_activation",
     stop_at_eos: bool = True,
     graph: bool = True,
+    compile_mode: str | None = None,
 ) -> Generation:
     """Greedy continuation of `prompt` under kept [n_layers] (None: dense) with the prompt's own
     neurons (`neurons="context"`) or the global order's; the model is restored in finally.
 
     As HF `generate` (greedy): at most max_new_tokens, ending after the first end-of-sequence
-    token unless `stop_at_eos` is False. `graph=False` decodes eagerly on CUDA too."""
+    token unless `stop_at_eos` is False. `graph=False` decodes eagerly on CUDA too;
+    `compile_mode` decodes through torch.compile (see `GreedyDecoder`)."""
     clock = _Clock(model.get_input_embeddings().weight.device)
     allocation: np.ndarray | MaskFn | None = kept
     phases = {"statistics": 0.0, "top_k": 0.0}
@@ -265,7 +292,9 @@ def generate_narrowed(
     try:
         phases["gather"] = clock.lap()
         eos = eos_ids(model) if stop_at_eos else []
-        tokens, decoded, mode, replayed = decode(model, prompt, max_new_tokens, eos, graph, clock)
+        tokens, decoded, mode, replayed = decode(
+            model, prompt, max_new_tokens, eos, graph, clock, compile_mode
+        )
     finally:
         model.undo_prune()  # the decoder (graph, cache) is gone: nothing reads the weights now
     phases |= decoded

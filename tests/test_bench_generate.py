@@ -28,6 +28,13 @@ def test_bench_generate_tiny(tmp_path: Path) -> None:
     assert half["ideal"] == pytest.approx(127424 / 90560)
     assert half["fraction_of_ideal"] == pytest.approx(half["speedup"] / half["ideal"])
     assert half["speedup_with_select"] < half["speedup"]  # the selection is paid once
+    assert all(r["compile_s"] == 0.0 and "same_tokens_as_uncompiled" not in r for r in rows)
+
+
+def test_same_prefix() -> None:
+    from bench.bench_generate import same_prefix
+
+    assert same_prefix([1, 2, 3], [1, 2, 4]) == 2 and same_prefix([1, 2], [1, 2]) == 2
 
 
 def test_bench_step_context_tiny(tmp_path: Path) -> None:

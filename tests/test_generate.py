@@ -94,8 +94,11 @@ def test_generation_stops_after_eos_as_hf_generate(at: int) -> None:
 
 def test_generation_phases_and_steady_speed() -> None:
     out = generate_narrowed(tiny_llm(), PROMPT, np.array([16, 24, 8]), 10, "context")
-    assert list(out.phases) == ["statistics", "top_k", "gather", "prompt", "capture", "steps"]
+    assert list(out.phases) == [
+        "statistics", "top_k", "gather", "prompt", "compile", "capture", "steps"
+    ]  # fmt: skip
     assert out.decode_mode == "eager" and out.replayed_tokens == 10 - 1 - 2  # prompt, warm-up
+    assert out.phases["compile"] == 0.0
     assert out.prefill_seconds == pytest.approx(out.phases["statistics"] + out.phases["top_k"])
     assert out.steady_tokens_per_second > 0
 
@@ -115,3 +118,27 @@ def test_cuda_graph_decode_matches_hf_generate() -> None:
     eager = generate_narrowed(llm, PROMPT, kept, 40, "context", stop_at_eos=False, graph=False)
     assert graph.decode_mode == "cuda_graph" and eager.decode_mode == "eager"
     assert graph.tokens == eager.tokens and len(graph.tokens) == 40
+    compiled = generate_narrowed(llm, PROMPT, kept, 40, "context", stop_at_eos=False,
+                                 compile_mode="default")  # fmt: skip
+    assert compiled.decode_mode == "cuda_graph" and compiled.tokens == graph.tokens
+    assert compiled.phases["compile"] > 0 and compiled.replayed_tokens == 40 - 1 - 1 - 2
+    again = generate_narrowed(llm, PROMPT, None, 40, compile_mode="default")
+    assert again.decode_mode == "cuda_graph" and again.tokens == ref
+
+
+@pytest.mark.slow  # torch.compile on CPU builds C++ kernels: ~30 s
+def test_compiled_decode_matches_eager_and_is_reused() -> None:
+    llm = tiny_llm()
+    kept = np.array([16, 24, 8])
+    eager = generate_narrowed(llm, PROMPT, kept, 10, "context", stop_at_eos=False)
+    first, second = (generate_narrowed(llm, PROMPT, kept, 10, "context", stop_at_eos=False,
+                                       compile_mode="default") for _ in range(2))  # fmt: skip
+    assert first.tokens == second.tokens == eager.tokens
+    assert second.replayed_tokens == 10 - 1 - 1 - 2  # prompt, compiled step, warm-up
+    assert second.phases["compile"] < first.phases["compile"] / 10  # compiled once, reused
+    assert not llm.is_pruned
+
+
+def test_unknown_compile_mode_fails_early() -> None:
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        generate_narrowed(tiny_llm(), PROMPT, None, 4, compile_mode="reduce-overhead")
