@@ -54,7 +54,7 @@ class ActionMap:
     targets: tuple[float, float] | None = None
     step: float | None = None
     reference: Profile | None = None
-    radius: float = 0.5
+    radius: float = 0.2  # as env.radius
 
     def __post_init__(self) -> None:
         if self.reference is not None:
