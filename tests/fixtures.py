@@ -134,11 +134,17 @@ def runs(config: Path) -> list[Path]:
     return sorted((config.parent / "runs").glob("*"))
 
 
-def fails_cleanly(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    """Exit code 2, one line naming the problem, no traceback."""
+def fails_cleanly(
+    capsys: pytest.CaptureFixture, argv: list[str], message: str, project: Path | None = None
+) -> None:
+    """Exit code 2, one line naming the problem, no traceback; with `project` (its config),
+    also no run folder written."""
     from main import main  # the CLI under test; imported late so fixtures stay light
 
+    before = None if project is None else runs(project)
     assert main(argv) == 2
+    if project is not None:
+        assert runs(project) == before  # nothing written
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err
