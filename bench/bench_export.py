@@ -40,8 +40,11 @@ from bench.common import (  # noqa: E402
     forward_flops,
     free_memory,
     guarded,
+    resolve_device,
+    run_meta,
     sync,
     weights_read_per_token,
+    write_results,
 )
 from pruning.allocation import kept_counts  # noqa: E402
 from pruning.export import build_pruned_model, narrow_state_dict, pruned_config  # noqa: E402
@@ -178,8 +181,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    device = resolve_device(args.device)
     dtype = arch_dtype(device)
     dense_model = build_model(args.arch, device, dtype)
     build_s = time.perf_counter() - start
@@ -201,18 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     print(f"total {total:.0f} s; decode mode {dense.get('decode_mode')}")
     if args.out:
-        meta = {
-            "arch": args.arch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(dtype),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "build_s": round(build_s, 1),
-            "total_s": round(total, 1),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        meta = run_meta(args, device, dtype)
+        meta |= {"build_s": round(build_s, 1), "total_s": round(total, 1)}
+        write_results(args.out, {"meta": meta, "rows": rows})
     return 0
 
 

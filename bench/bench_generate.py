@@ -46,7 +46,10 @@ from bench.common import (  # noqa: E402
     dict_table,
     free_memory,
     guarded,
+    resolve_device,
+    run_meta,
     weights_read_per_token,
+    write_results,
 )
 from pruning.allocation import kept_counts  # noqa: E402
 from pruning.generation import (  # noqa: E402
@@ -177,12 +180,6 @@ COLS = [
 ]  # fmt: skip
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], float]:
     start = time.perf_counter()
     llm = PrunableLLM(build_model(args.arch, device, arch_dtype(device)))
@@ -216,20 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     print(f"total {total:.0f} s; decode mode {rows[0]['decode_mode']}, compile {args.compile}")
     if args.out:
-        meta = {
-            "arch": args.arch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(arch_dtype(device)),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "phases": PHASES,
-            "step_time_fit": fit,
-            "build_s": round(build_s, 1),
-            "total_s": round(total, 1),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        meta = run_meta(args, device, arch_dtype(device))
+        meta |= {"phases": PHASES, "step_time_fit": fit}
+        meta |= {"build_s": round(build_s, 1), "total_s": round(total, 1)}
+        write_results(args.out, {"meta": meta, "rows": rows})
     return 0
 
 

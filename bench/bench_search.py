@@ -24,7 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ARCHS, arch_dtype, build_model, random_orderings, sync  # noqa: E402
+from bench.common import (  # noqa: E402
+    ARCHS,
+    arch_dtype,
+    build_model,
+    device_name,
+    random_orderings,
+    resolve_device,
+    sync,
+    write_results,
+)
 from commands.search import window_fitness  # noqa: E402
 from config import SearchConfig  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
@@ -35,7 +44,7 @@ from rl.tasks import WindowTask  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=list(ARCHS), default="llama-3.1-8b")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto: CUDA if present, else CPU")
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
@@ -51,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     model = build_model(args.arch, device, arch_dtype(device))
     n_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     llm = PrunableLLM(model, orderings=random_orderings(n_layers, width))
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     row = {
         "arch": args.arch,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "dtype": str(arch_dtype(device)).removeprefix("torch."),
         **{k: v for k, v in vars(args).items() if k not in {"out", "device", "arch"}},
         "evaluations": result.evaluations,
@@ -93,8 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(row))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(row, indent=1) + "\n")
+        write_results(args.out, row)
     return row
 
 

@@ -6,16 +6,20 @@ sync costs a caller really pays; `event_ms` uses CUDA events for pure kernel tim
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 ARCHS: dict[str, dict[str, Any]] = {
@@ -37,6 +41,35 @@ ARCHS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 # 4 layers of the 8B: per-layer costs at the 8B's widths where compiling all 32 takes minutes
 ARCHS["llama-3.1-8b-4l"] = ARCHS["llama-3.1-8b"] | dict(num_hidden_layers=4)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = CUDA if present, else CPU; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def run_meta(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """What a result file records about its run: shape, device, dtype, versions, arguments."""
+    return {
+        "arch": args.arch,
+        "device": device_name(device),
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+
+def write_results(path: Path, data: dict) -> None:
+    """Results as indented JSON at `path` (its folder created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def arch_dtype(device: torch.device) -> torch.dtype:
