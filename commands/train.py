@@ -128,7 +128,7 @@ def start_or_resume(
     """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer and
     random states (the run continues where it stopped instead of replaying its first steps)."""
     if resume is None:
-        residual = cfg.env.reference is not None and cfg.env.targets is not None
+        residual = cfg.env.reference is not None  # config: a reference implies budget mode
         agent = make_agent(cfg.sac, env, cfg.seed, residual)
         run_dir = new_run_dir(cfg, "train")  # only once everything before could fail
         agent.tensorboard_log = str(run_dir / "tensorboard")
