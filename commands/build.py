@@ -13,17 +13,17 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
 from config import Config, ConfigError, EnvConfig, resolve_path
+from data.sources import chunk_documents
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
 from pruning.create_pruning_mask import read_importance_json
 from pruning.prunable_llm import PrunableLLM
-from rl.data_source import chunk_documents
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
-from rl.metrics import PerplexityCalculator
-from rl.mmlu import MMLULoglikelihoodCalculator
 from rl.reward import RewardFn, make_budget_reward, make_reward
-from rl.tasks import DocumentTask, MMLUTask, Task, WindowTask
 from rl.vec_env import BatchedPruningVecEnv
+from scoring.metrics import PerplexityCalculator
+from scoring.mmlu import MMLULoglikelihoodCalculator
+from scoring.tasks import DocumentTask, MMLUTask, Task, WindowTask
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Stable-Baselines3 sees n_envs copies of `LLMPruningEnv`; here they share one model and one
 `PruningBandit`, whose step scores every (item, target, action) triple together (per-row
-activation masks, `rl.batched`). Every step ends all episodes, so each step also resets:
+activation masks, `scoring.batched`). Every step ends all episodes, so each step also resets:
 `infos[k]["terminal_observation"]` is the observation the action of env k answered.
 """
 
