@@ -1,6 +1,6 @@
 """Speed of `search` (evaluations per second) on a random-weight model of a given shape.
 
-Runs the real search loop (`pruning.search.evolve` with `commands.search.window_fitness`, the
+Runs the real search loop (`pruning.search.evolve` with `scoring.tasks.window_fitness`, the
 batched scoring path) for a few generations on random calibration windows; speed does not depend
 on weight values. One evaluation = one candidate allocation scored on one stage's windows
 (stage 1: `subset` windows, stage 2: all `calibration` windows), as `search` counts them.
@@ -34,11 +34,10 @@ from bench.common import (  # noqa: E402
     sync,
     write_results,
 )
-from commands.search import window_fitness  # noqa: E402
 from config import SearchConfig  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from pruning.search import evolve  # noqa: E402
-from scoring.tasks import WindowTask  # noqa: E402
+from scoring.tasks import WindowTask, window_fitness  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,8 +27,8 @@ import common as cm  # noqa: E402
 from stable_baselines3 import SAC  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 
+from pruning.allocation import keep_masks  # noqa: E402
 from pruning.context_importance import row_statistics  # noqa: E402
-from pruning.generation import prompt_mask_fn  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit  # noqa: E402
 from rl.reward import RewardFn, make_reward  # noqa: E402
@@ -251,8 +251,13 @@ def _context_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
     action, t = random_actions(b.rng, (llm.n_layers,)), {}
     kept = b.action_map.kept(action[None], np.full(1, np.nan))  # [1, n_layers]
     orderings = env.bandit.orderings([idx])  # cached: no dense pass here
-    _, t["context_masks"] = cm.timed(lambda: context_groups(llm, kept, orderings), dev)
-    mask_fn, t["gather_masks"] = cm.timed(lambda: prompt_mask_fn(orderings[0][0], kept[0]), dev)
+    def row_masks() -> list[torch.Tensor]:  # what `PrunableLLM.rows_pruned` builds
+        _, group_kept, group_orders = context_groups(kept, orderings)
+        return [llm.layout_keep_masks(o, k) for o, k in zip(group_orders, group_kept)]
+
+    _, t["context_masks"] = cm.timed(row_masks, dev)
+    masks, t["gather_masks"] = cm.timed(lambda: keep_masks(orderings[0][0], kept[0]), dev)
+    mask_fn = masks.__getitem__
     _, t["gather"] = cm.timed(lambda: llm.prune(mask_fn), dev)
     try:
         reqs, t_ = task.task.requests(idx), task.task

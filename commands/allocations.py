@@ -1,4 +1,5 @@
-"""Allocations a user names on the command line, profile files, and the baseline allocations.
+"""Allocations a user names on the command line and profile files, read as kept counts
+(`pruning.allocation` does every conversion).
 
 Specs: `dense`, `uniform:F`, `F1,F2,...` (one prune fraction per layer), a JSON/YAML file with
 that list (or {"fractions": [...]}), or a profile file written by `search` (`--target` picks
@@ -15,10 +16,11 @@ import numpy as np
 import yaml
 
 from config import ConfigError, EnvConfig
-from pruning.allocation import Profile, kept_counts, project_to_target, uniform_at_target
+from pruning.allocation import Profile, check_kept, dense_kept, fractions_of, kept_counts
 from rl.env import ActionMap, observe
 
 PROFILE_KEY = "profiles"
+# a search profile file: {"profiles": [{"target", "kept", "fractions", ...}]}
 # env keys that fix how an agent's actions become allocations: taken from its train run
 ACTION_KEYS = (
     "reward",
@@ -26,7 +28,9 @@ ACTION_KEYS = (
     "target_step",
     "reference",
     "radius",
-)  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
+    "align",
+    "neurons",
+)
 
 
 ALLOCATION_HELP = "dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml | profile.json"
@@ -57,11 +61,29 @@ def _profile_entries(path: Path) -> list[dict]:
     return profiles
 
 
+def _entry_kept(entry: dict, n_layers: int, width: int, align: int, what: str) -> np.ndarray:
+    """A profile entry's kept counts as `search` wrote them (`kept`), else its fractions."""
+    if "kept" not in entry:
+        return kept_counts(check_length(entry["fractions"], n_layers, what), width, align)
+    counts = entry["kept"]
+    if not isinstance(counts, list) or len(counts) != n_layers:
+        got = len(counts) if isinstance(counts, list) else type(counts).__name__
+        raise ConfigError(f"{what} needs {n_layers} kept counts (another model?), got {got}")
+    try:
+        return check_kept(np.asarray(counts), n_layers, width)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def read_profile(
-    path: Path, n_layers: int, target: float | None = None, missing_ok: bool = False
+    path: Path,
+    shape: tuple[int, int, int],
+    target: float | None = None,
+    missing_ok: bool = False,
 ) -> np.ndarray | None:
-    """Fractions [n_layers] of a search profile file at `target` (or its only target); a target
-    the file lacks is an error, or None with `missing_ok`."""
+    """Kept counts [n_layers] of a search profile file at `target` (or its only target);
+    shape = (n_layers, width, align). A target the file lacks is an error, or None with
+    `missing_ok`."""
     profiles = _profile_entries(path)
     if target is None:
         if len(profiles) > 1:
@@ -76,17 +98,22 @@ def read_profile(
             have = [p["target"] for p in profiles]
             raise ConfigError(f"profile file {path} has no target {target}; it holds {have}")
         chosen = matches[0]
-    return check_length(chosen["fractions"], n_layers, f"profile file {path}")
+    return _entry_kept(chosen, *shape, f"profile file {path}")
 
 
-def read_profiles(path: Path, n_layers: int) -> Profile:
+def read_profiles(path: Path, n_layers: int, width: int, align: int) -> Profile:
     """Every target of a search profile file, as one interpolating `Profile`."""
     entries = sorted(_profile_entries(path), key=lambda p: float(p["target"]))
-    fractions = [check_length(p["fractions"], n_layers, f"profile file {path}") for p in entries]
+    what = f"profile file {path}"
+    if all("kept" in p for p in entries):
+        kept = [_entry_kept(p, n_layers, width, align, what) for p in entries]
+        fractions = [fractions_of(k, width) for k in kept]
+    else:  # a hand-written profile: fractions as given, interpolated before any rounding
+        fractions = [check_length(p["fractions"], n_layers, what) for p in entries]
     try:
         return Profile(np.array([float(p["target"]) for p in entries]), np.stack(fractions))
     except ValueError as exc:
-        raise ConfigError(f"profile file {path}: {exc}") from None
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.ndarray:
@@ -104,54 +131,39 @@ def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.nda
     return fractions
 
 
-def parse_allocation(spec: str, n_layers: int, target: float | None = None) -> np.ndarray | None:
-    """None for dense, else one prune fraction per layer [n_layers]; ConfigError in one line."""
-    spec = spec.strip()
-    if spec == "dense":
-        return None
+def _spec_fractions(spec: str, n_layers: int) -> np.ndarray:
     if spec.startswith("uniform:"):
         return check_length([_number(spec.removeprefix("uniform:"))] * n_layers, n_layers)
+    return check_length([_number(v) for v in spec.split(",")], n_layers)
+
+
+def parse_allocation(
+    spec: str, shape: tuple[int, int, int], target: float | None = None
+) -> np.ndarray:
+    """Kept counts [n_layers] of an ALLOCATION (`dense`: full width); shape = (n_layers, width,
+    align); fractions round to `align`, a profile's kept counts are read as written. ConfigError
+    in one line."""
+    n_layers, width, align = shape
+    spec = spec.strip()
+    if spec == "dense":
+        return dense_kept(n_layers, width)
     if Path(spec).suffix in {".json", ".yml", ".yaml"}:
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"allocation file {spec} does not exist")
         values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
         if isinstance(values, dict) and PROFILE_KEY in values:
-            return read_profile(path, n_layers, target)
+            return read_profile(path, shape, target)
         values = values.get("fractions", values) if isinstance(values, dict) else values
-        return check_length(values, n_layers)
-    return check_length([_number(v) for v in spec.split(",")], n_layers)
-
-
-def to_kept(fractions: np.ndarray | None, width: int, align: int) -> np.ndarray | None:
-    return None if fractions is None else kept_counts(fractions, width, align)
-
-
-def ends_dense(n_layers: int, n_ends: int = 2) -> np.ndarray:
-    """Fraction shape [n_layers] that keeps the first and last `n_ends` layers dense (fewer
-    when the model is too shallow to prune anything else)."""
-    n_ends = min(n_ends, (n_layers - 1) // 2)
-    shape = np.ones(n_layers)
-    shape[:n_ends] = 0.0
-    shape[n_layers - n_ends :] = 0.0
-    return shape
-
-
-def baseline_kept(name: str, target: float, n_layers: int, width: int, align: int) -> np.ndarray:
-    """Static baselines at exactly `target`: 'uniform' or 'ends_dense' (first/last 2 dense)."""
-    if name == "uniform":
-        return uniform_at_target(target, n_layers, width, align)
-    if name == "ends_dense":
-        shape = ends_dense(n_layers)
-        fractions = np.minimum(shape * target * n_layers / shape.sum(), 1.0)
-        return project_to_target(fractions, target, width, align)
-    raise ValueError(f"unknown baseline {name!r}")
+        return kept_counts(check_length(values, n_layers), width, align)
+    return kept_counts(_spec_fractions(spec, n_layers), width, align)
 
 
 def agent_env(agent_path: Path, env: EnvConfig) -> EnvConfig:
     """`env` with the action mapping of the train run the agent comes from (ACTION_KEYS of the
-    config.yaml beside it: reward mode, targets, reference profile, radius); `env` unchanged if
-    the agent has no run folder."""
+    config.yaml beside it: reward mode, targets, reference profile, radius, align, neurons), so
+    an agent always runs under the mapping it was trained with; `env` unchanged if the agent has
+    no run folder."""
     for folder in list(agent_path.parents)[:3]:  # train_*/agent_final.zip or .../step_N/agent.zip
         path = folder / "config.yaml"
         if path.is_file():
@@ -168,11 +180,3 @@ def policy_kept(
     inputs = observe(obs, targets if action_map.budget else None)
     actions, _ = agent.predict(inputs, deterministic=True)
     return action_map.kept(actions, targets)
-
-
-def mean_profile(kept: np.ndarray, target: float | None, action_map: ActionMap) -> np.ndarray:
-    """The same allocation for every item: the mean fractions of `kept` [n, L], on target."""
-    fractions = 1.0 - kept.mean(axis=0) / action_map.width
-    if target is None:
-        return kept_counts(fractions, action_map.width, action_map.align)
-    return project_to_target(fractions, target, action_map.width, action_map.align)

@@ -47,7 +47,7 @@ def make_action_map(env: EnvConfig, n_layers: int, width: int) -> ActionMap:
     """How `env` turns actions into kept counts (budget targets, reference profile, align)."""
     reference = None
     if env.reference is not None and env.targets is not None:
-        reference = read_profiles(resolve_path(env.reference), n_layers)
+        reference = read_profiles(resolve_path(env.reference), n_layers, width, env.align)
     return ActionMap(
         n_layers, width, env.align, env.targets, env.target_step, reference, env.radius
     )

@@ -28,13 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import (
-    agent_env,
-    baseline_kept,
-    mean_profile,
-    policy_kept,
-    read_profile,
-)
+from commands.allocations import agent_env, policy_kept, read_profile
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -48,7 +42,16 @@ from commands.common import (
 from commands.plots import plot_profile, plot_sweep
 from config import Config
 from models import LoadedModels, load_models
-from pruning.allocation import project_to_target, sparsity_of
+from pruning.allocation import (
+    BASELINES,
+    baseline_kept,
+    dense_kept,
+    fractions_of,
+    mean_profile,
+    project_to_target,
+    sparsity_of,
+    target_blocks,
+)
 from rl.checkpoints import load_agent
 from rl.env import ActionMap
 from scoring.batched import score_samples
@@ -58,7 +61,6 @@ HELP = (
     "Evaluate the policy on data.eval_split against dense, uniform, first/last-2-dense, the "
     "searched profile and its own mean profile, at matched sparsity on the same items."
 )
-STATIC_ARMS = ("uniform", "ends_dense")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +128,7 @@ class Evaluator:
         """Summary of every item under kept [n_items, L] (or one [L] for all)."""
         kept = np.broadcast_to(kept, (len(self.task), self.pruner.llm.n_layers))
         indices = list(range(len(self.task)))
-        lls, _ = score_task(self.pruner.llm, self.task, indices, kept, self.context(context))
+        lls = score_task(self.pruner.llm, self.task, indices, kept, self.context(context))
         return summarize(self.task, lls, kept, self.width)
 
     def per_window(self, kept: np.ndarray, context: bool = False) -> dict:
@@ -136,7 +138,7 @@ class Evaluator:
         t = self.task
         item_orders = self.context(context)
         orders = None if item_orders is None else [[o] for item in item_orders for o in item]
-        lls, _ = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orders)
+        lls = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orders)
         per_item = [[] for _ in range(len(t))]
         for k, ll in enumerate(lls):
             per_item[owner[k]] += ll
@@ -152,16 +154,16 @@ def evaluate_agent(
     profile: str | None = None,
     neurons: str | None = None,
 ) -> dict[str, Any]:
-    neurons = neurons or cfg.env.neurons
+    env = agent_env(agent_path, cfg.env)
+    neurons = neurons or env.neurons
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
     ev = Evaluator(cfg, models, pruner, items)
-    env = agent_env(agent_path, cfg.env)
     action_map = pruner.action_map(env)
     n_layers = pruner.llm.n_layers
     agent = load_agent(agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
     profile = profile or cfg.eval.profile or env.reference
-    dense = ev.per_item(np.full(n_layers, pruner.width))
+    dense = ev.per_item(dense_kept(n_layers, pruner.width))
     if action_map.budget:
         targets: list[float | None] = list(cfg.eval.targets)
     else:
@@ -175,7 +177,7 @@ def evaluate_agent(
         matched = target if target is not None else arms[next(iter(arms))]["sparsity"]
         sweep.append({"target": matched, "arms": arms})
         profiles[f"{matched:.4f}"] = {
-            "mean_fractions": (1 - doc_kept.mean(0) / pruner.width).round(4).tolist(),
+            "mean_fractions": fractions_of(doc_kept.mean(0), pruner.width).round(4).tolist(),
             "std_fractions": (doc_kept.std(0) / pruner.width).round(4).tolist(),
         }
         print_table(matched, dense, arms)
@@ -197,7 +199,7 @@ def evaluate_agent(
     plot_sweep(result, run_dir / "sweep.png")
     mid = sweep[len(sweep) // 2]["target"]
     mid_kept = policy_kept(agent, ev.doc_obs, mid if action_map.budget else None, action_map)
-    plot_profile(1 - mid_kept / pruner.width, run_dir / "profile.png")
+    plot_profile(fractions_of(mid_kept, pruner.width), run_dir / "profile.png")
     print(f"wrote {run_dir / 'eval.json'}")
     print(json.dumps({"run": str(run_dir), "sweep": headline(result)}))
     return result
@@ -219,14 +221,15 @@ def score_arms(
     arms: dict[str, dict] = {}
     arms["policy_doc"] = ev.per_item(doc_kept, context)
     matched = target if target is not None else arms["policy_doc"]["sparsity"]
-    for name in STATIC_ARMS:
+    for name in BASELINES:
         kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
         arms[name] = ev.per_item(kept, context)
     if profile:
         searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
         if searched is not None:
             arms["searched"] = ev.per_item(searched, context)
-    arms["policy_mean"] = ev.per_item(mean_profile(doc_kept, target, action_map), context)
+    mean = mean_profile(doc_kept, target, action_map.width, action_map.align)
+    arms["policy_mean"] = ev.per_item(mean, context)
     if ev.windows is not None:
         win_kept = policy_kept(agent, ev.window_obs, target, action_map)
         arms["policy_window"] = ev.per_window(win_kept, context)
@@ -234,11 +237,13 @@ def score_arms(
 
 
 def searched_kept(path: Path, target: float, n_layers: int, pruner: Pruner) -> np.ndarray | None:
-    """The profile's allocation at `target` (None if it has none there), exactly on target."""
-    fractions = read_profile(path, n_layers, round(target, 6), missing_ok=True)
-    if fractions is None:
-        return None
-    return project_to_target(fractions, target, pruner.width, pruner.align)
+    """The profile's kept counts at `target` (None if it has none there), as `search` wrote
+    them; a hand-written profile of fractions off the target is projected onto it."""
+    shape = (n_layers, pruner.width, pruner.align)
+    kept = read_profile(path, shape, round(target, 6), missing_ok=True)
+    if kept is None or kept.sum() == target_blocks(target, *shape) * pruner.align:
+        return kept
+    return project_to_target(fractions_of(kept, pruner.width), target, pruner.width, pruner.align)
 
 
 def metric_name(row: dict) -> str:

@@ -14,13 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import (
-    add_allocation_argument,
-    agent_env,
-    mean_profile,
-    parse_allocation,
-    policy_kept,
-)
+from commands.allocations import add_allocation_argument, agent_env, parse_allocation, policy_kept
 from commands.build import Pruner, make_action_map, make_pruner
 from commands.common import (
     new_run_dir,
@@ -40,7 +34,7 @@ from export.hf import (
     size_of,
 )
 from models import LoadedModels, load_models, model_shape
-from pruning.allocation import kept_counts, sparsity_of
+from pruning.allocation import fractions_of, mean_profile, sparsity_of
 from rl.checkpoints import load_agent
 
 HELP = (
@@ -107,7 +101,7 @@ def agent_kept(
     emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
     agent = load_agent(agent_path, emb.shape[1] + 1, n_layers)
     action_map = make_action_map(env, n_layers, width)
-    kept = mean_profile(policy_kept(agent, emb, target, action_map), target, action_map)
+    kept = mean_profile(policy_kept(agent, emb, target, action_map), target, width, env.align)
     record = {"agent": str(agent_path), "target": target, "num_items": len(items)}
     return kept, record
 
@@ -118,10 +112,8 @@ def allocation_kept(
     if args.agent is not None:
         return agent_kept(cfg, models, resolve_path(args.agent), args.target)
     n_layers, width = model_shape(models.llm)
-    fractions = parse_allocation(args.allocation, n_layers)
-    dense = fractions is None
-    kept = kept_counts(np.zeros(n_layers) if dense else fractions, width, cfg.env.align)
-    return kept, {"spec": args.allocation, "fractions": None if dense else fractions.tolist()}
+    kept = parse_allocation(args.allocation, (n_layers, width, cfg.env.align))
+    return kept, {"spec": args.allocation, "fractions": fractions_of(kept, width).tolist()}
 
 
 # ---- writing ---------------------------------------------------------------------------------

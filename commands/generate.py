@@ -9,13 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from commands.allocations import (
-    add_allocation_argument,
-    agent_env,
-    parse_allocation,
-    policy_kept,
-    to_kept,
-)
+from commands.allocations import add_allocation_argument, agent_env, parse_allocation, policy_kept
 from commands.build import Pruner, make_pruner
 from commands.common import new_run_dir, observations, resolve_path, seed_everything, write_json
 from config import Config, ConfigError
@@ -85,13 +79,12 @@ def fit_context(tokens: list[int], limit: int, max_new_tokens: int, index: int) 
 
 def allocations(
     cfg: Config, args: argparse.Namespace, models: LoadedModels, pruner: Pruner, prompts: list[str]
-) -> np.ndarray | None:
-    """kept [n_prompts, n_layers] (None: dense for all)."""
+) -> np.ndarray:
+    """kept [n_prompts, n_layers] (dense: full width)."""
     n_layers, width = model_shape(models.llm)
     if args.agent is None:
-        fractions = parse_allocation(args.allocation, n_layers, args.target)
-        kept = to_kept(fractions, width, cfg.env.align)
-        return None if kept is None else np.tile(kept, (len(prompts), 1))
+        kept = parse_allocation(args.allocation, (n_layers, width, cfg.env.align), args.target)
+        return np.tile(kept, (len(prompts), 1))
     agent_path = resolve_path(args.agent)
     action_map = pruner.action_map(agent_env(agent_path, cfg.env))
     obs = observations(models, cfg.data, prompts)
@@ -102,7 +95,7 @@ def allocations(
 def generate_one(
     cfg: Config, args: argparse.Namespace, models: LoadedModels, pruner: Pruner, prompt: tuple
 ) -> dict:
-    """Generate for one (index, text, kept [n_layers] or None, neurons); print it; its row."""
+    """Generate for one (index, text, kept [n_layers], neurons); print it; its row."""
     i, text, kept, neurons = prompt
     limit = int(getattr(models.llm.config, "max_position_embeddings", 2048))
     tokens = fit_context(list(models.tokenizer.encode(text)), limit, args.max_new_tokens, i)
@@ -116,7 +109,7 @@ def generate_one(
         compile_mode=args.compile,
     )
     completion = models.tokenizer.decode(out.tokens, skip_special_tokens=True)
-    sparsity = 0.0 if kept is None else sparsity_of(kept, pruner.width)
+    sparsity = sparsity_of(kept, pruner.width)
     print(f"--- prompt {i}\n{text}{completion}")
     print(
         f"({len(out.tokens)} tokens, {out.tokens_per_second:.1f} tokens/s, sparsity {sparsity:.3f})"
@@ -141,9 +134,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     pruner = make_pruner(cfg, models)
     kept = allocations(cfg, args, models, pruner, prompts)
     rows = [
-        generate_one(
-            cfg, args, models, pruner, (i, text, None if kept is None else kept[i], neurons)
-        )
+        generate_one(cfg, args, models, pruner, (i, text, kept[i], neurons))
         for i, text in enumerate(prompts)
     ]
     result = {"allocation": args.allocation, "agent": args.agent, "neurons": neurons}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+import math
 
-import torch
 from tqdm import tqdm
 
 from commands.common import (
@@ -19,7 +18,12 @@ from config import Config
 from data.sources import chunk_documents
 from models import load_models
 from pruning.create_pruning_mask import write_importance_json
-from pruning.importance import collect_importance, importance_to_json
+from pruning.importance import (
+    calibration_batches,
+    calibration_windows,
+    collect_importance,
+    importance_to_json,
+)
 
 HELP = (
     "Rank MLP neurons per layer (importance.criterion) over importance.num_samples calibration "
@@ -29,24 +33,6 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # everything comes from the `importance` config section
-
-
-def calibration_windows(token_lists: Sequence[Sequence[int]], n: int, seed: int) -> list[list[int]]:
-    """n windows drawn without replacement (seeded), longest first so batches pad little."""
-    pick = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(seed))[:n]
-    return sorted((list(token_lists[i]) for i in pick.tolist()), key=len, reverse=True)
-
-
-def batches(windows: list[list[int]], batch_size: int, pad_id: int) -> Iterator[dict]:
-    for start in tqdm(range(0, len(windows), batch_size), desc="importance", unit="batch"):
-        rows = windows[start : start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        yield {"input_ids": ids, "attention_mask": mask}
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -63,7 +49,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         token_lists = [models.tokenizer.encode(q.text)[-imp.max_length :] for q in items]
     windows = calibration_windows(token_lists, imp.num_samples, cfg.seed)
     pad_id = models.tokenizer.pad_token_id or 0
-    result = collect_importance(models.llm, batches(windows, imp.batch_size, pad_id), imp.criterion)
+    batches = tqdm(
+        calibration_batches(windows, imp.batch_size, pad_id),
+        total=math.ceil(len(windows) / imp.batch_size),
+        desc="importance",
+        unit="batch",
+    )
+    result = collect_importance(models.llm, batches, imp.criterion)
     out = written_importance_path(cfg, models.llm_source)
     data = importance_to_json(result, cfg.model.llm, imp.criterion, len(windows))
     write_importance_json(out, data)

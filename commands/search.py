@@ -1,9 +1,9 @@
 """`search`: an evolutionary search of one static per-layer allocation per target sparsity.
 
-EvoPress-style (`pruning.search.evolve`): fitness is the summed negative log-likelihood of
-`search.calibration` training windows. All candidates of a stage go through one
-`scoring.batched.score_samples` call (every (candidate, window) pair is a sample with its own row
-masks), so several allocations share each forward pass.
+EvoPress-style (`pruning.search.evolve`): fitness (`scoring.tasks.window_fitness`) is the summed
+negative log-likelihood of `search.calibration` training windows. All candidates of a stage go
+through one `scoring.batched.score_samples` call (every (candidate, window) pair is a sample with
+its own row masks), so several allocations share each forward pass.
 """
 
 from __future__ import annotations
@@ -26,11 +26,8 @@ from commands.common import (
 from commands.plots import plot_fitness
 from config import Config, ConfigError
 from models import load_models
-from pruning.importance import CriterionName
-from pruning.prunable_llm import PrunableLLM
 from pruning.search import Fitness, SearchResult, evolve
-from scoring.batched import score_samples
-from scoring.tasks import Task, task_orderings
+from scoring.tasks import window_fitness
 
 HELP = (
     "Search a static per-layer allocation at each of search.targets (EvoPress-style evolution on "
@@ -40,25 +37,6 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # everything is in the `search:` config section
-
-
-def window_fitness(model: PrunableLLM, task: Task, criterion: CriterionName | None) -> Fitness:
-    """fitness(kept [n, L], windows [w]) -> summed NLL [n]: n * w samples in one batched call.
-    criterion: None = global neurons, else each window's context neurons (computed once)."""
-    orderings = None
-    if criterion is not None:
-        orderings, _ = task_orderings(model, task, list(range(len(task))), criterion)
-
-    def fitness(kept: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        requests = [task.requests(int(w)) for _ in kept for w in windows]
-        per_sample = np.repeat(kept, len(windows), axis=0)  # [n * w, L]
-        orders = None if orderings is None else [orderings[int(w)] for _ in kept for w in windows]
-        t = task
-        logliks, _ = score_samples(model, requests, per_sample, t.batch_size, t.max_length, orders)
-        nll = -np.array([sum(ll) for ll in logliks])  # [n * w]
-        return nll.reshape(len(kept), len(windows)).sum(1)
-
-    return fitness
 
 
 def calibration_items(cfg: Config, tokenizer: Any) -> list[Any]:

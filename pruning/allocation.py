@@ -1,9 +1,11 @@
-"""Allocations: how many MLP neurons each layer keeps. Pure NumPy, no model.
+"""Allocations: how many MLP neurons each layer keeps. The one home of that concept, no model.
 
 An allocation is one vector `kept[n_layers]` of kept neurons per layer (int64), always a
-multiple of `align` (tensor-core friendly widths). Because `PrunableLLM` sorts every layer's
-neurons by importance once, `kept[l]` alone says which neurons stay: the first `kept[l]`.
-Fractions (what the policy, `score uniform:0.3` and profile files speak) become counts here.
+multiple of `align` (tensor-core friendly widths); dense is `kept == width` everywhere. Because
+`PrunableLLM` sorts every layer's neurons by importance once, `kept[l]` alone says which neurons
+stay: the first `kept[l]`. Fractions (what the policy, `score uniform:0.3` and profile files
+speak) become counts here, targets are met here (`project_to_target`), the static baselines are
+made here, and `keep_masks` turns (ordering, kept) into the neurons each layer keeps.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 ArrayLike = np.ndarray | Sequence[float]
 
@@ -56,6 +59,16 @@ def check_kept(kept: ArrayLike, n_layers: int, width: int) -> np.ndarray:
     if len(bad):
         raise ValueError(f"layer {bad[0]}: kept count {arr[bad[0]]} outside [0, {width}]")
     return arr.astype(np.int64)
+
+
+def dense_kept(n_layers: int, width: int) -> np.ndarray:
+    """The dense allocation: every layer keeps all `width` neurons -> int64 [n_layers]."""
+    return np.full(n_layers, width, dtype=np.int64)
+
+
+def fractions_of(kept: np.ndarray, width: int) -> np.ndarray:
+    """Prune fractions 1 - kept / width [..., n_layers] (float64)."""
+    return 1.0 - np.asarray(kept, dtype=np.float64) / width
 
 
 def sparsity_of(kept: np.ndarray, width: int) -> np.ndarray | float:
@@ -111,6 +124,16 @@ def project_to_target(
     return (base * align).astype(np.int64)
 
 
+def allocate(
+    fractions: ArrayLike, targets: float | np.ndarray | None, width: int, align: int = 8
+) -> np.ndarray:
+    """Kept counts [..., n_layers] of `fractions`: rounded to `align` (targets None or NaN:
+    no budget, the trade-off mode), else projected onto `targets` [...] exactly."""
+    if targets is None or np.isnan(np.asarray(targets, dtype=np.float64)).all():
+        return kept_counts(fractions, width, align)
+    return project_to_target(fractions, targets, width, align)
+
+
 def uniform_at_target(target: float, n_layers: int, width: int, align: int = 8) -> np.ndarray:
     """Kept counts that prune every layer alike and meet `target` exactly (earlier layers get
     the leftover blocks)."""
@@ -152,3 +175,48 @@ class Profile:
         span = self.targets[hi] - self.targets[lo]
         w = np.clip((t - self.targets[lo]) / span, 0.0, 1.0)[:, None]
         return (1 - w) * self.fractions[lo] + w * self.fractions[hi]
+
+
+def ends_dense(n_layers: int, n_ends: int = 2) -> np.ndarray:
+    """Fraction shape [n_layers] that keeps the first and last `n_ends` layers dense (fewer
+    when the model is too shallow to prune anything else)."""
+    n_ends = min(n_ends, (n_layers - 1) // 2)
+    shape = np.ones(n_layers)
+    shape[:n_ends] = 0.0
+    shape[n_layers - n_ends :] = 0.0
+    return shape
+
+
+BASELINES = ("uniform", "ends_dense")
+
+
+def baseline_kept(name: str, target: float, n_layers: int, width: int, align: int) -> np.ndarray:
+    """Static baselines at exactly `target`: 'uniform' or 'ends_dense' (first/last 2 dense)."""
+    if name == "uniform":
+        return uniform_at_target(target, n_layers, width, align)
+    if name == "ends_dense":
+        shape = ends_dense(n_layers)
+        fractions = np.minimum(shape * target * n_layers / shape.sum(), 1.0)
+        return project_to_target(fractions, target, width, align)
+    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+
+
+def mean_profile(kept: np.ndarray, target: float | None, width: int, align: int) -> np.ndarray:
+    """The same allocation for every item: the mean fractions of `kept` [n, L], on `target`
+    (None: rounded to `align` only)."""
+    return allocate(fractions_of(kept.mean(axis=0), width), target, width, align)
+
+
+def ranks_of(orderings: torch.Tensor) -> torch.Tensor:
+    """Rank of each neuron (by original id) in `orderings` [..., n_layers, d_ff] (original ids,
+    most important first) -> int64, same shape."""
+    order = orderings.to(device="cpu", dtype=torch.long)
+    ranks = torch.empty_like(order)
+    return ranks.scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+
+
+def keep_masks(orderings: torch.Tensor, kept: ArrayLike) -> torch.Tensor:
+    """Bool keep-masks [..., n_layers, d_ff] in original neuron ids: layer l keeps the kept[l]
+    first neurons of its ordering (`orderings` [..., n_layers, d_ff], kept [..., n_layers])."""
+    counts = torch.from_numpy(np.array(kept, dtype=np.int64))  # a copy: kept may be read-only
+    return ranks_of(orderings) < counts[..., None]

@@ -2,31 +2,22 @@
 
 An item's context is a list of token rows (for a rolling window of a document: the input rows
 of the document's earlier windows). Each row's per-neuron statistic (`pruning.importance`'s
-criterion: sum over tokens of |a| or a^2, a = act(gate(x)) * up(x)) is collected once with
-forward pre-hooks on every `down_proj`; a request's context statistic is the sum over its
+criterion: sum over tokens of |a| or a^2, a = act(gate(x)) * up(x)) is collected once with its
+`statistic_hooks`; a request's context statistic is the sum over its
 leading rows, so running statistics over a document cost one dense pass over the document.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from pruning.importance import CRITERIA, CriterionName
+from pruning.importance import CRITERIA, CriterionName, statistic_hooks
 from pruning.prunable_llm import PrunableLLM
+from scoring.metrics import pad_rows
 
 ROWS_PER_CHUNK = 256  # rows whose statistics are held at once ([rows, n_layers, d_ff] float32)
-
-
-def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Right-padded input_ids and bool mask [B, T] (pad id 0, masked out)."""
-    lengths = torch.tensor([len(r) for r in rows])
-    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B, T]
-    ids = torch.zeros(mask.shape, dtype=torch.long)
-    ids[mask] = torch.cat([torch.as_tensor(r, dtype=torch.long) for r in rows])
-    return ids.to(device), mask.to(device)
 
 
 @torch.inference_mode()
@@ -38,36 +29,22 @@ def row_statistics(
 ) -> torch.Tensor:
     """sums [n_rows, n_layers, d_ff] float32 (CPU, current neuron layout): per row, the sum
     over its tokens of the criterion's token statistic of each neuron's activation."""
-    if model.is_pruned:
-        raise ValueError("context statistics need the dense model; call undo_prune() first")
     if any(not r for r in rows):
         raise ValueError("a context row is empty")
-    stat = CRITERIA[criterion].token_stat
-    downs = [layer.mlp.down_proj for layer in model.model.layers]
-    out = torch.zeros(len(rows), len(downs), model.intermediate_size)
-    batch = {"index": torch.empty(0, dtype=torch.long), "mask": None}
+    out = torch.zeros(len(rows), model.n_layers, model.intermediate_size)
+    index = {"rows": torch.empty(0, dtype=torch.long)}  # rows of the coming batch
 
-    def hook_for(layer: int) -> Callable[[torch.nn.Module, tuple], None]:
-        def hook(_module: torch.nn.Module, args: tuple) -> None:
-            acts = args[0].float()  # [B, T, d_ff]
-            # where, not multiply: padding positions may hold inf/NaN activations
-            sums = torch.where(batch["mask"][..., None], stat(acts), 0.0).sum(dim=1)
-            out[batch["index"], layer] = sums.cpu()
-
-        return hook
+    def store(layer: int, stats: torch.Tensor) -> None:
+        out[index["rows"], layer] = stats.sum(dim=1).cpu()
 
     device = model.get_input_embeddings().weight.device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
-    handles = [down.register_forward_pre_hook(hook_for(i)) for i, down in enumerate(downs)]
-    try:
+    with statistic_hooks(model, CRITERIA[criterion].token_stat, store) as current:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            ids, mask = _padded([rows[i] for i in chunk], device)
-            batch["index"], batch["mask"] = torch.tensor(chunk), mask
+            ids, mask = pad_rows([rows[i] for i in chunk], device)
+            index["rows"], current["mask"] = torch.tensor(chunk), mask
             model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return out
 
 
@@ -129,13 +106,3 @@ def context_orderings(
             offset += len(item_rows)
         start = stop
     return result
-
-
-def layout_keep_masks(
-    model: PrunableLLM, orderings: torch.Tensor | None, kept: Sequence[int] | torch.Tensor
-) -> torch.Tensor:
-    """bool [n_layers, d_ff] in the model's CURRENT layout: the neurons whose rank in
-    `orderings` [n_layers, d_ff] (original ids; None: the global order) is below kept[l]."""
-    ranks = model.layout_ranks(orderings)
-    counts = torch.from_numpy(np.array(kept, dtype=np.int64))  # a copy: kept may be read-only
-    return ranks < counts[:, None]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pruning.allocation import keep_masks
 from pruning.context_importance import orderings_from_statistics, row_statistics
 from pruning.importance import CriterionName
 from pruning.prunable_llm import MaskFn, PrunableLLM
@@ -55,16 +56,6 @@ PHASES = {
     "capture": "warm-up steps and the CUDA graph capture (CUDA only; eager: the warm-up)",
     "steps": "the remaining decode steps",
 }
-
-
-def prompt_mask_fn(ordering: torch.Tensor, kept: Sequence[int] | np.ndarray) -> MaskFn:
-    """mask_fn in ORIGINAL ids: layer l keeps the kept[l] first neurons of `ordering`
-    [n_layers, d_ff] (original ids, most important first)."""
-    ranks = torch.empty_like(ordering, dtype=torch.long)
-    ranks.scatter_(1, ordering.long(), torch.arange(ordering.shape[1]).expand_as(ranks))
-    counts = torch.from_numpy(np.array(kept, dtype=np.int64))
-    masks = ranks < counts[:, None]  # [n_layers, d_ff] bool, original ids
-    return lambda layer: masks[layer]
 
 
 class GreedyDecoder:
@@ -228,7 +219,7 @@ def select_neurons(
     """mask_fn keeping each layer's top kept[l] neurons of the prompt's dense statistics."""
     sums = row_statistics(model, [prompt], criterion)  # [1, L, d_ff]
     phases = {"statistics": clock.lap()}
-    mask_fn = prompt_mask_fn(orderings_from_statistics(model, sums, criterion)[0], kept)
+    mask_fn = keep_masks(orderings_from_statistics(model, sums, criterion)[0], kept).__getitem__
     return mask_fn, phases | {"top_k": clock.lap()}
 
 
@@ -268,7 +259,7 @@ def decode(
 def generate_narrowed(
     model: PrunableLLM,
     prompt: list[int],
-    kept: np.ndarray | None,
+    kept: np.ndarray,
     max_new_tokens: int,
     neurons: str = "context",
     criterion: CriterionName = "mean_abs_activation",
@@ -276,18 +267,20 @@ def generate_narrowed(
     graph: bool = True,
     compile_mode: str | None = None,
 ) -> Generation:
-    """Greedy continuation of `prompt` under kept [n_layers] (None: dense) with the prompt's own
-    neurons (`neurons="context"`) or the global order's; the model is restored in finally.
+    """Greedy continuation of `prompt` under kept [n_layers] (dense: full width) with the
+    prompt's own neurons (`neurons="context"`) or the global order's; the model is restored in
+    finally.
 
     As HF `generate` (greedy): at most max_new_tokens, ending after the first end-of-sequence
     token unless `stop_at_eos` is False. `graph=False` decodes eagerly on CUDA too;
     `compile_mode` decodes through torch.compile (see `GreedyDecoder`)."""
     clock = _Clock(model.get_input_embeddings().weight.device)
-    allocation: np.ndarray | MaskFn | None = kept
+    allocation: np.ndarray | MaskFn = kept
     phases = {"statistics": 0.0, "top_k": 0.0}
-    if kept is not None and neurons == "context":
+    dense = bool((np.asarray(kept) == model.intermediate_size).all())
+    if not dense and neurons == "context":
         allocation, phases = select_neurons(model, prompt, kept, criterion, clock)
-    if allocation is not None:
+    if not dense:
         model.prune(allocation)
     try:
         phases["gather"] = clock.lap()

@@ -1,11 +1,14 @@
 """Per-neuron MLP importance from forward hooks on each layer's down_proj input.
 
 The down_proj input is the neuron activation a = act(gate(x)) * up(x), [batch, seq, d_ff].
+`statistic_hooks` is the one hook that collects it (here over calibration windows, in
+`pruning.context_importance` per row of an input's context).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from pruning.prunable_llm import PrunableLLM
+from scoring.metrics import pad_rows
 
 CriterionName = Literal["mean_abs_activation", "wanda"]
 
@@ -50,30 +54,52 @@ class ImportanceResult:
     num_tokens: int  # non-padding tokens seen
 
 
-class _Accumulator:
-    """Forward pre-hooks summing token_stat(a) over the tokens that the current mask keeps."""
-
-    def __init__(self, stat: Callable[[torch.Tensor], torch.Tensor], n_layers: int) -> None:
-        self.stat = stat
-        self.token_mask: torch.Tensor | None = None  # [batch, seq] bool, set per batch
-        self.sums: list[torch.Tensor | None] = [None] * n_layers  # each [d_ff] float32
-
-    def hook(self, layer: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def pre_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            acts = args[0]  # [batch, seq, d_ff]
-            mask = self.token_mask.to(acts.device)[..., None]  # [batch, seq, 1]
-            # where, not multiply: padding positions may hold inf/NaN activations
-            batch_sum = torch.where(mask, self.stat(acts.float()), 0.0).sum(dim=(0, 1))
-            prev = self.sums[layer]
-            self.sums[layer] = batch_sum if prev is None else prev + batch_sum
-
-        return pre_hook
+Sink = Callable[[int, torch.Tensor], None]  # (layer, token statistics [batch, seq, d_ff])
 
 
-def _down_projs(model: nn.Module | PrunableLLM) -> list[nn.Linear]:
+@contextlib.contextmanager
+def statistic_hooks(
+    model: nn.Module | PrunableLLM, stat: Callable[[torch.Tensor], torch.Tensor], sink: Sink
+) -> Iterator[dict[str, torch.Tensor | None]]:
+    """Forward pre-hooks on every layer's down_proj: each forward pass calls sink(layer, s) with
+    s = stat(a) at the real tokens and 0 at padding ([batch, seq, d_ff] float32). Yields the
+    dict whose "mask" (bool [batch, seq], True = real token) the caller sets before each pass.
+    The model must be dense; the hooks are removed on exit."""
     if isinstance(model, PrunableLLM) and model.is_pruned:
-        raise ValueError("collect importance on an unpruned model (call undo_prune() first)")
-    return [layer.mlp.down_proj for layer in model.model.layers]
+        raise ValueError("activation statistics need the unpruned model; call undo_prune() first")
+    batch: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook_for(layer: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            acts = args[0].float()  # [batch, seq, d_ff]
+            mask = batch["mask"].to(acts.device)[..., None]  # [batch, seq, 1]
+            # where, not multiply: padding positions may hold inf/NaN activations
+            sink(layer, torch.where(mask, stat(acts), 0.0))
+
+        return hook
+
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
+    handles = [down.register_forward_pre_hook(hook_for(i)) for i, down in enumerate(downs)]
+    try:
+        yield batch
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def calibration_windows(token_lists: Sequence[Sequence[int]], n: int, seed: int) -> list[list[int]]:
+    """n windows drawn without replacement (seeded), longest first so batches pad little."""
+    pick = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted((list(token_lists[i]) for i in pick.tolist()), key=len, reverse=True)
+
+
+def calibration_batches(
+    windows: Sequence[Sequence[int]], batch_size: int, pad_id: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """`collect_importance`'s batches: {input_ids, attention_mask} [batch, seq], right-padded."""
+    for start in range(0, len(windows), batch_size):
+        ids, mask = pad_rows(windows[start : start + batch_size], pad_id=pad_id)
+        yield {"input_ids": ids, "attention_mask": mask.long()}
 
 
 @torch.inference_mode()
@@ -86,27 +112,28 @@ def collect_importance(
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
     spec = CRITERIA[criterion]
-    downs = _down_projs(model)
-    acc = _Accumulator(spec.token_stat, len(downs))
+    sums: list[torch.Tensor | None] = [None] * len(model.model.layers)  # each [d_ff] float32
+
+    def accumulate(layer: int, stats: torch.Tensor) -> None:
+        batch_sum = stats.sum(dim=(0, 1))
+        sums[layer] = batch_sum if sums[layer] is None else sums[layer] + batch_sum
+
     device = model.get_input_embeddings().weight.device
-    handles = [down.register_forward_pre_hook(acc.hook(i)) for i, down in enumerate(downs)]
     n_tokens = torch.zeros((), dtype=torch.long)
-    try:
+    with statistic_hooks(model, spec.token_stat, accumulate) as current:
         for batch in batches:
             input_ids = batch["input_ids"].to(device)
             attn = batch.get("attention_mask")
             attn = torch.ones_like(input_ids) if attn is None else attn.to(device)
-            acc.token_mask = attn.bool()
-            n_tokens = n_tokens + acc.token_mask.sum().cpu()
+            current["mask"] = attn.bool()
+            n_tokens = n_tokens + current["mask"].sum().cpu()
             model(input_ids=input_ids, attention_mask=attn, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if any(s is None for s in acc.sums):
+    if any(s is None for s in sums):
         raise ValueError("no batches: nothing to score")
     total = int(n_tokens)
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
     scores = torch.stack(
-        [spec.finalize(s, total, d.weight).cpu() for s, d in zip(acc.sums, downs)]
+        [spec.finalize(s, total, d.weight).cpu() for s, d in zip(sums, downs)]
     )  # [n_layers, d_ff], positions of the current layout
     if isinstance(model, PrunableLLM) and model.permutation is not None:
         scores = torch.empty_like(scores).scatter_(1, model.permutation, scores)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning.allocation import check_kept
+from pruning.allocation import check_kept, keep_masks, ranks_of
 from pruning.create_pruning_mask import validate_orderings
 
 MaskFn = Callable[[int], torch.Tensor]  # layer index -> bool [d_ff], True = keep, original indices
@@ -178,19 +178,15 @@ class PrunableLLM:
         """[n_layers, d_ff] original neuron index stored at each position, None if not reordered."""
         return None if self._order is None else self._order.clone()
 
-    def layout_ranks(self, orderings: torch.Tensor | None = None) -> torch.Tensor:
-        """Rank of the neuron at each CURRENT position, int64 [..., n_layers, d_ff], under
-        `orderings` [..., n_layers, d_ff] (original ids, most important first); None: the
-        global importance order, i.e. the positions themselves (0, 1, 2, ...)."""
-        dims = (self.dims.n_layers, self.dims.intermediate_size)
+    def layout_keep_masks(self, orderings: torch.Tensor | None, kept: Kept) -> torch.Tensor:
+        """bool [n_layers, d_ff] in the CURRENT layout: the neurons whose rank in `orderings`
+        [n_layers, d_ff] (original ids, most important first; None: the global importance
+        order, i.e. the leading positions) is below kept[l]."""
         if orderings is None:
-            return torch.arange(dims[1]).expand(dims).clone()
-        order = orderings.to(device="cpu", dtype=torch.long)
-        ranks = torch.empty_like(order)
-        ranks.scatter_(-1, order, torch.arange(dims[1]).expand_as(order))  # by original id
-        if self._order is None:
-            return ranks
-        return torch.gather(ranks, -1, self._order.expand_as(order))
+            counts = torch.from_numpy(np.array(kept, dtype=np.int64))
+            return torch.arange(self.dims.intermediate_size) < counts[:, None]
+        masks = keep_masks(orderings, kept)  # original ids
+        return masks if self._order is None else torch.gather(masks, -1, self._order)
 
     # ---- neuron order --------------------------------------------------------------------------
     def _reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
@@ -206,9 +202,7 @@ class PrunableLLM:
         validate_orderings(order, self.dims.n_layers, self.dims.intermediate_size)
         relative = torch.gather(self._ranks, 1, order)  # [n_layers, d_ff] current pos to take
         self._permute_in_place(relative)
-        ranks = torch.empty_like(order)
-        ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-        self._ranks = ranks
+        self._ranks = ranks_of(order)
         self._order = order
 
     def restore_order(self) -> None:
@@ -314,6 +308,58 @@ class PrunableLLM:
             yield self
         finally:
             self.undo_prune()
+
+    @contextlib.contextmanager
+    def rows_pruned(
+        self, kept: np.ndarray, orderings: Sequence[torch.Tensor | None] | None = None
+    ) -> Iterator[Callable[[Sequence[int]], None]]:
+        """Per-row allocations for the forward passes of the body: yields `select(row_groups)`,
+        which says that row r of the next forward pass keeps the neurons of group row_groups[r].
+
+        Group g keeps kept[g] ([n_groups, n_layers]) neurons per layer: the leading ones
+        (`orderings` None: the model is pruned to the union `kept.max(0)`, views), or the kept[g]
+        first of its own ordering orderings[g] ([n_layers, d_ff] original ids; None: the global
+        order) at full width. Where groups differ, row r's MLP activations (the input of
+        `down_proj`) are multiplied by its group's 0/1 mask, which equals removing those neurons
+        (a test proves it against `pruned(mask_fn)`); a layer whose masks keep everything gets no
+        hook, so one allocation costs one plain pruned forward pass. Undone on exit."""
+        kept = np.asarray(kept, dtype=np.int64)
+        if orderings is None:
+            union = kept.max(axis=0)  # [n_layers]
+            varying = np.flatnonzero((kept != union).any(axis=0)).tolist()
+            masks = {i: torch.arange(int(union[i])) < torch.from_numpy(kept[:, i])[:, None]
+                     for i in varying}  # fmt: skip
+            full = bool((union == self.dims.intermediate_size).all())  # dense: nothing to prune
+            narrowed = contextlib.nullcontext() if full else self.pruned(union)
+        else:
+            keep = torch.stack([self.layout_keep_masks(o, k) for o, k in zip(orderings, kept)])
+            varying = np.flatnonzero((~keep).any(dim=(0, 2)).numpy()).tolist()
+            masks = {layer: keep[:, layer] for layer in varying}  # [n_groups, d_ff] each
+            narrowed = contextlib.nullcontext()
+        rows: dict[str, torch.Tensor | None] = {"index": None}  # group of each row, on device
+        handles = []
+        with narrowed:
+            try:
+                for layer, mask in masks.items():
+                    down = self._mlps[layer][2]
+                    weight = down.weight
+                    scale = mask.to(device=weight.device, dtype=weight.dtype)  # [n_groups, width]
+
+                    def hook(_module: nn.Module, args: tuple, scale: torch.Tensor = scale) -> tuple:
+                        acts = args[0]  # [rows, seq, width_l]
+                        return (acts * scale[rows["index"]][:, None, :].to(acts.dtype), *args[1:])
+
+                    handles.append(down.register_forward_pre_hook(hook))
+                device = next(self._model.parameters()).device
+
+                def select(row_groups: Sequence[int]) -> None:
+                    if handles:  # nothing to do when every group keeps the same neurons
+                        rows["index"] = torch.tensor(row_groups, device=device)
+
+                yield select
+            finally:
+                for handle in handles:
+                    handle.remove()
 
     def _prefix(self, layer: int, k: int, originals: tuple[nn.Parameter, ...]) -> tuple:
         """Views of layer's first k neurons, made once per (layer, k) and reused: building three

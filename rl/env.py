@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pruning.allocation import Profile, kept_counts, project_to_target, sparsity_of
+from pruning.allocation import Profile, allocate, dense_kept, sparsity_of
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from rl.reward import RewardFn
@@ -88,10 +88,8 @@ class ActionMap:
 
     def kept(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """actions [n, L] in [-1, 1], targets [n] -> kept counts [n, L]."""
-        fractions = self.fractions(actions, targets)
-        if self.targets is None:
-            return kept_counts(fractions, self.width, self.align)
-        return project_to_target(fractions, targets, self.width, self.align)
+        budget = targets if self.budget else None
+        return allocate(self.fractions(actions, targets), budget, self.width, self.align)
 
 
 def observe(embeddings: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
@@ -152,8 +150,9 @@ class PruningBandit:
         if missing:
             if self.model.is_pruned:
                 raise RuntimeError("model is pruned; the dense baseline needs the full model")
+            dense = dense_kept(self.model.n_layers, self.model.intermediate_size)
             for i in missing:  # alone: a baseline must not depend on what it was batched with
-                lls, _ = score_task(self.model, self.task, [i], None)
+                lls = score_task(self.model, self.task, [i], dense)
                 self.dense[i] = self.task.metric(i, lls[0])
         return self.dense[np.asarray(indices, dtype=np.int64)]
 
@@ -190,7 +189,7 @@ class PruningBandit:
         else:
             kept_all = kept
         orderings = self.orderings(rows)
-        lls, _ = score_task(self.model, self.task, rows, kept_all, orderings)
+        lls = score_task(self.model, self.task, rows, kept_all, orderings)
         for k, key in enumerate(missing):
             self._reference[key] = self.task.metric(key[0], lls[len(indices) + k])
         sparsity = sparsity_of(kept, self.action_map.width)

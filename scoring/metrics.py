@@ -82,14 +82,17 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.cat(parts).double()
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Right-padded input_ids and attention_mask [B, T]; pad id 0 is masked out, never scored."""
+def pad_rows(
+    rows: Sequence[Sequence[int]], device: torch.device | str = "cpu", pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input_ids [B, T] (`pad_id`, masked out, never scored) and the bool mask of
+    the real tokens [B, T]: the one padding helper of the project."""
     lengths = torch.tensor([len(r) for r in rows])
     width = int(lengths.max())
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.arange(width)[None, :] < lengths[:, None]  # [B, T]
     input_ids[mask] = torch.cat([torch.as_tensor(r, dtype=torch.long) for r in rows])
-    return input_ids.to(device), mask.long().to(device)
+    return input_ids.to(device), mask.to(device)
 
 
 def _target_logits(
@@ -123,7 +126,8 @@ def score_rows(
     The targets of request k follow the last len(targets) positions of its row.
     """
     device = next(model.parameters()).device
-    input_ids, attention_mask = _pad_rows(rows, device)
+    input_ids, mask = pad_rows(rows, device)
+    attention_mask = mask.long()
     if bool(attention_mask.all()):
         attention_mask = None  # no padding: lets attention take its plain causal fast path
     n_targets = torch.tensor([len(t) for _, t in wanted])  # [K]

@@ -4,7 +4,8 @@ A task splits scoring so that `scoring.batched.score_samples` can share forward 
 and allocations: `requests(i)` gives the (context, targets) token windows of item i,
 `metric(i, logliks)` turns their log-likelihoods into the item's metric (the reward's input),
 and `summary(indices, logliks)` aggregates items into the reported metrics (corpus word
-perplexity as lm-eval, accuracy). `score_task` scores items of a task under allocations.
+perplexity as lm-eval, accuracy). `score_task` scores items of a task under allocations,
+`score_allocation` summarizes a whole task under one, `window_fitness` is the search's fitness.
 
 `context_rows(i)` says what each request may look at to choose its neurons (`env.neurons:
 context`): token rows the dense model reads, and per request how many leading rows are its
@@ -13,12 +14,14 @@ context. It never includes a request's own targets, so the scored tokens stay un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from pruning.allocation import sparsity_of
 from pruning.context_importance import context_orderings
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
@@ -157,13 +160,57 @@ def score_task(
     model: PrunableLLM,
     task: Task,
     indices: Sequence[int],
-    kept: np.ndarray | None,
+    kept: np.ndarray,
     orderings: Orderings | None = None,
-) -> tuple[list[list[float]], np.ndarray]:
-    """Log-likelihoods of items `indices` of `task`, item k under kept[k] ([n, n_layers] or
-    one [n_layers] allocation for all; None = dense); `orderings` per item (`task_orderings`):
-    context neurons, None: the global order. Returns (logliks per item, sparsity [n])."""
-    if kept is not None and np.ndim(kept) == 1:
+) -> list[list[float]]:
+    """Log-likelihoods of the requests of items `indices` of `task`, item k under kept[k]
+    ([n, n_layers], or one [n_layers] allocation for all; dense: full width); `orderings` per
+    item (`task_orderings`): context neurons, None: the global order."""
+    if np.ndim(kept) == 1:
         kept = np.broadcast_to(kept, (len(indices), len(kept)))
     requests = [task.requests(i) for i in indices]
     return score_samples(model, requests, kept, task.batch_size, task.max_length, orderings)
+
+
+def score_allocation(
+    model: PrunableLLM, task: Task, kept: np.ndarray, orderings: Orderings | None = None
+) -> dict[str, Any]:
+    """Task summary of every item under one allocation (kept [n_layers]; dense: full width),
+    with context neurons when `orderings` (per item, `task_orderings`) are given: what `score`
+    reports, by the same code as `eval`'s arms and the environment (`score_task`)."""
+    start = time.perf_counter()
+    indices = list(range(len(task)))
+    metrics = task.summary(indices, score_task(model, task, indices, kept, orderings))
+    seconds = time.perf_counter() - start
+    tokens = metrics.get("num_tokens")
+    return {
+        **metrics,
+        "sparsity": float(sparsity_of(kept, model.intermediate_size)),
+        "seconds": round(seconds, 3),
+        "num_items": len(indices),
+        "items_per_second": round(len(indices) / seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1) if tokens else None,
+    }
+
+
+Fitness = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (kept [n, L], windows [w]) -> [n]
+
+
+def window_fitness(model: PrunableLLM, task: Task, criterion: CriterionName | None) -> Fitness:
+    """The search's fitness(kept [n, L], windows [w]) -> summed NLL [n]: n * w samples in one
+    batched call. criterion: None = global neurons, else each window's context neurons
+    (computed once)."""
+    orderings = None
+    if criterion is not None:
+        orderings, _ = task_orderings(model, task, list(range(len(task))), criterion)
+
+    def fitness(kept: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        requests = [task.requests(int(w)) for _ in kept for w in windows]
+        per_sample = np.repeat(kept, len(windows), axis=0)  # [n * w, L]
+        orders = None if orderings is None else [orderings[int(w)] for _ in kept for w in windows]
+        t = task
+        logliks = score_samples(model, requests, per_sample, t.batch_size, t.max_length, orders)
+        nll = -np.array([sum(ll) for ll in logliks])  # [n * w]
+        return nll.reshape(len(kept), len(windows)).sum(1)
+
+    return fitness

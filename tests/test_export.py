@@ -10,10 +10,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from commands.allocations import mean_profile, policy_kept
+from commands.allocations import policy_kept
 from export.hf import narrow_state_dict, removed_mlp_parameters, size_of
 from main import main
-from pruning.allocation import kept_counts, project_to_target
+from pruning.allocation import kept_counts, mean_profile, project_to_target
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
 from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
@@ -134,7 +134,8 @@ def test_policy_mean_profile_pins_numbers() -> None:
             return actions, None
 
     action_map = ActionMap(4, 64, 8, (0.5, 0.5))
-    kept = mean_profile(policy_kept(Agent(), np.zeros((2, 3)), 0.5, action_map), 0.5, action_map)
+    kept = policy_kept(Agent(), np.zeros((2, 3)), 0.5, action_map)
+    kept = mean_profile(kept, 0.5, action_map.width, action_map.align)
     assert seen[0].dtype == np.float32 and seen[0].shape == (2, 4)
     assert np.all(seen[0][:, -1] == 0.5)
     per_item = project_to_target((actions + 1) / 2, 0.5, 64, 8)

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from main import main
+from pruning.allocation import keep_masks
 from pruning.context_importance import context_orderings
-from pruning.generation import generate_narrowed, prompt_mask_fn
+from pruning.generation import generate_narrowed
 from tests.fixtures import fails_cleanly, make_tiny_project
 from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
+
+DENSE = np.full(N_LAYERS, D_FF)  # nothing pruned
 
 PROMPT = [5, 17, 42, 8, 91, 33, 2, 60, 12]
 
@@ -29,7 +32,6 @@ def test_nothing_pruned_matches_dense_generation(neurons: str) -> None:
     expected = dense_generate(llm, 12)
     full = np.full(N_LAYERS, D_FF)
     assert generate_narrowed(llm, PROMPT, full, 12, neurons).tokens == expected
-    assert generate_narrowed(llm, PROMPT, None, 12, neurons).tokens == expected
 
 
 def test_context_generation_uses_prompt_neurons_and_restores() -> None:
@@ -40,7 +42,7 @@ def test_context_generation_uses_prompt_neurons_and_restores() -> None:
     assert not llm.is_pruned
     assert all(torch.equal(a, b) for a, b in zip(before, llm.parameters()))
     (ordering,) = context_orderings(llm, [([PROMPT], [1])], "mean_abs_activation")[0]
-    with llm.pruned(prompt_mask_fn(ordering, kept)):
+    with llm.pruned(keep_masks(ordering, kept).__getitem__):
         assert llm.keep_counts() == kept.tolist()
         assert dense_generate(llm, 10) == out.tokens
     assert len(out.tokens) == 10 and out.tokens_per_second > 0
@@ -86,8 +88,8 @@ def test_generation_stops_after_eos_as_hf_generate(at: int) -> None:
     llm.generation_config.eos_token_id = expected[at]
     stopped = dense_generate(llm, 12)  # HF: up to and including the first eos
     assert stopped == expected[: expected.index(expected[at]) + 1]
-    assert generate_narrowed(llm, PROMPT, None, 12).tokens == stopped
-    assert generate_narrowed(llm, PROMPT, None, 12, stop_at_eos=False).tokens == expected
+    assert generate_narrowed(llm, PROMPT, DENSE, 12).tokens == stopped
+    assert generate_narrowed(llm, PROMPT, DENSE, 12, stop_at_eos=False).tokens == expected
 
 
 def test_generation_phases_and_steady_speed() -> None:
@@ -109,7 +111,7 @@ def test_cuda_graph_decode_matches_hf_generate() -> None:
     ids = torch.tensor([PROMPT], device="cuda")
     ref = llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                        do_sample=False, pad_token_id=0)[0, len(PROMPT) :].tolist()  # fmt: skip
-    out = generate_narrowed(llm, PROMPT, None, 40)
+    out = generate_narrowed(llm, PROMPT, DENSE, 40)
     assert out.decode_mode == "cuda_graph" and out.tokens == ref
     kept = np.array([16, 24, 8])
     graph = generate_narrowed(llm, PROMPT, kept, 40, "context", stop_at_eos=False)
@@ -120,7 +122,7 @@ def test_cuda_graph_decode_matches_hf_generate() -> None:
                                  compile_mode="default")  # fmt: skip
     assert compiled.decode_mode == "cuda_graph" and compiled.tokens == graph.tokens
     assert compiled.phases["compile"] > 0 and compiled.replayed_tokens == 40 - 1 - 1 - 2
-    again = generate_narrowed(llm, PROMPT, None, 40, compile_mode="default")
+    again = generate_narrowed(llm, PROMPT, DENSE, 40, compile_mode="default")
     assert again.decode_mode == "cuda_graph" and again.tokens == ref
 
 
@@ -139,4 +141,4 @@ def test_compiled_decode_matches_eager_and_is_reused() -> None:
 
 def test_unknown_compile_mode_fails_early() -> None:
     with pytest.raises(ValueError, match="reduce-overhead"):
-        generate_narrowed(tiny_llm(), PROMPT, None, 4, compile_mode="reduce-overhead")
+        generate_narrowed(tiny_llm(), PROMPT, DENSE, 4, compile_mode="reduce-overhead")

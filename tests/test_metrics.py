@@ -213,6 +213,7 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
     from commands.build import make_task
     from config import Config
     from data.sources import make_wiki_document
+    from pruning.prunable_llm import PrunableLLM
     from scoring.tasks import score_task
 
     tok = bos_tokenizer()
@@ -221,7 +222,9 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
     )
     docs = [make_wiki_document(text) for text in DOCS]
     task = make_task(cfg, model, tok, docs)
-    lls, _ = score_task(model, task, list(range(len(docs))), None)
+    llm = PrunableLLM(model)
+    dense = [llm.intermediate_size] * llm.n_layers
+    lls = score_task(llm, task, list(range(len(docs))), dense)
     ours = [sum(ll) for ll in lls]
     lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
     requests = [Instance("loglikelihood_rolling", {}, (d.text,), 0) for d in docs]

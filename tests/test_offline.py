@@ -10,10 +10,10 @@ import pytest
 
 from commands.build import make_pruner, make_task
 from commands.common import load_items, observations
-from commands.score import score_allocation
 from config import load_config
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import kept_counts
+from scoring.tasks import score_allocation
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "smollm2-135m.yml"
@@ -41,7 +41,7 @@ def test_dense_and_uniform_scores_on_a_test_document(models: LoadedModels) -> No
     items = load_items(cfg.data, "test", limit=1)
     pruner = make_pruner(cfg, models)  # the committed importance file fits the model
     task = make_task(cfg, pruner.llm, models.tokenizer, items)
-    dense = score_allocation(pruner.llm, task, None)
+    dense = score_allocation(pruner.llm, task, np.full(30, 1536))
     pruned = score_allocation(pruner.llm, task, kept_counts(np.full(30, 0.2), 1536, cfg.env.align))
     assert 5 < dense["word_perplexity"] < 300 and dense["sparsity"] == 0
     assert pruned["sparsity"] == pytest.approx(0.2, abs=0.01)
