@@ -51,7 +51,7 @@ from bench.common import (  # noqa: E402
     weights_read_per_token,
     write_results,
 )
-from pruning.allocation import kept_counts  # noqa: E402
+from pruning.allocation import dense_kept, kept_counts  # noqa: E402
 from pruning.generation import (  # noqa: E402
     COMPILE_MODES,
     PHASES,
@@ -118,7 +118,7 @@ def summarize(runs: list[Generation], new_tokens: int) -> dict[str, Any]:
 
 
 def measure_arm(
-    llm: PrunableLLM, prompt: list[int], kept: np.ndarray | None, args: argparse.Namespace
+    llm: PrunableLLM, prompt: list[int], kept: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     calls = [one_call(llm, prompt, kept, args) for _ in range(args.warmup + args.reps)]
     row = summarize(calls[args.warmup :], args.new_tokens)
@@ -126,7 +126,7 @@ def measure_arm(
     if args.compile:  # bf16: fused kernels round differently; greedy tokens may part late
         plain = one_call(llm, prompt, kept, args, compiled=False).tokens
         row["same_tokens_as_uncompiled"] = same_prefix(calls[-1].tokens, plain)
-    if kept is not None:
+    if (kept < llm.intermediate_size).any():
         with llm.pruned(kept):  # prefix views: only the shapes matter here
             row["weights_per_token"] = weights_read_per_token(llm.wrapped)
         row["kept_per_layer"] = sorted(set(kept.tolist()))
@@ -187,7 +187,8 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], flo
     print(f"{args.arch} on {device}, built in {build_s:.1f} s", flush=True)
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(llm.config.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
-    dense = {"name": "dense"} | measure_arm(llm, prompt, None, args)
+    full = dense_kept(llm.n_layers, llm.intermediate_size)
+    dense = {"name": "dense"} | measure_arm(llm, prompt, full, args)
     rows = [compare(dense, dense, args.new_tokens)]
     for sparsity in args.sparsities:
         kept = kept_counts(np.full(llm.n_layers, sparsity), llm.intermediate_size, args.align)

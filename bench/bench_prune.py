@@ -20,8 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ARCHS, arch_dtype, build_model, median_ms, sync  # noqa: E402
-from pruning.allocation import kept_counts  # noqa: E402
-from pruning.create_pruning_mask import keep_masks  # noqa: E402
+from pruning.allocation import (
+    keep_masks,  # noqa: E402
+    kept_counts,  # noqa: E402
+)
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 
 

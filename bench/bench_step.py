@@ -251,6 +251,7 @@ def _context_rep(b: Bench, task: Task, idx: int) -> dict[str, float]:
     action, t = random_actions(b.rng, (llm.n_layers,)), {}
     kept = b.action_map.kept(action[None], np.full(1, np.nan))  # [1, n_layers]
     orderings = env.bandit.orderings([idx])  # cached: no dense pass here
+
     def row_masks() -> list[torch.Tensor]:  # what `PrunableLLM.rows_pruned` builds
         _, group_kept, group_orders = context_groups(kept, orderings)
         return [llm.layout_keep_masks(o, k) for o, k in zip(group_orders, group_kept)]

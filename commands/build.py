@@ -16,7 +16,7 @@ from config import Config, ConfigError, EnvConfig, resolve_path
 from data.sources import chunk_documents
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
-from pruning.create_pruning_mask import read_importance_json
+from pruning.importance import read_importance_json
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
 from rl.reward import RewardFn, make_budget_reward, make_reward

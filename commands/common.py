@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import random
@@ -16,9 +15,10 @@ import torch
 import yaml
 
 from config import Config, ConfigError, DataConfig, resolve_path
-from data.embeddings import embed_texts
+from data.embeddings import cached_embeddings
 from data.sources import DataSource, chunk_documents, make_data_source
 from models import LoadedModels, ModelSource
+from pruning.importance import importance_file_name
 
 ENCODER_MAX_TOKENS = 512
 
@@ -63,7 +63,7 @@ def _json_default(obj: Any) -> Any:
 
 def written_importance_path(cfg: Config, llm: ModelSource) -> Path:
     """Where `main.py importance` writes: <importance.output_dir>/<llm slug>_<criterion>.json."""
-    name = f"{llm.slug}_{cfg.importance.criterion}.json"
+    name = importance_file_name(llm.slug, cfg.importance.criterion)
     return resolve_path(cfg.importance.output_dir) / name
 
 
@@ -122,29 +122,13 @@ def training_items(cfg: Config, tokenizer: Any) -> list[Any]:
 
 def observations(models: LoadedModels, data: DataConfig, texts: Sequence[str]) -> np.ndarray:
     """Encoder embeddings of `texts` [n, dim], computed once and cached on disk by content."""
-
-    def compute() -> np.ndarray:
-        return embed_texts(
-            models.encoder,
-            models.encoder_tokenizer,
-            texts,
-            data.embedding_batch_size,
-            ENCODER_MAX_TOKENS,
-        )
-
-    if data.embedding_cache is None:
-        return compute()
-    key = hashlib.sha256(f"{models.encoder_spec}\n{ENCODER_MAX_TOKENS}\n".encode())
-    for text in texts:
-        key.update(hashlib.sha256(text.encode()).digest())
-    path = resolve_path(data.embedding_cache) / f"{key.hexdigest()[:24]}.npy"
-    if path.is_file():
-        emb = np.load(path)
-        if emb.shape[0] == len(texts):
-            return emb
-    emb = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, path)
-    return emb
+    cache = None if data.embedding_cache is None else resolve_path(data.embedding_cache)
+    return cached_embeddings(
+        models.encoder,
+        models.encoder_tokenizer,
+        texts,
+        models.encoder_spec,
+        cache,
+        data.embedding_batch_size,
+        ENCODER_MAX_TOKENS,
+    )

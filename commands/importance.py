@@ -17,12 +17,12 @@ from commands.common import (
 from config import Config
 from data.sources import chunk_documents
 from models import load_models
-from pruning.create_pruning_mask import write_importance_json
 from pruning.importance import (
     calibration_batches,
     calibration_windows,
     collect_importance,
     importance_to_json,
+    write_importance_json,
 )
 
 HELP = (

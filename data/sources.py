@@ -1,7 +1,7 @@
 """Text sources for training and evaluation: document-level WikiText-2 and MMLU.
 
 Items are frozen dataclasses (`WikiDocument`, `TextChunk`, `MMLUQuestion`); every item has a
-`text` (what the model reads) and a `type`. A source is built with `make_data_source(name, path)`:
+`text` (what the model reads). A source is built with `make_data_source(name, path)`:
 `path=None` loads from the Hugging Face hub (needs `datasets` and network), a folder loads the
 original release files, parsed here so that local and hub items are identical.
 """
@@ -36,20 +36,16 @@ MMLU_FOLDERS = {"test": "test", "validation": "val", "dev": "dev"}
 class WikiDocument:
     text: str  # detokenized page: what the model is scored on
     original_text: str  # the page as in the raw file / hub `page` column
-    word_count: int
+    word_count: int  # counted on original_text, as lm-eval does
     byte_count: int
-    type: str = "document"
 
 
 @dataclass(frozen=True)
 class TextChunk:
     text: str  # decoded window
     token_ids: tuple[int, ...]  # [<= max_length]
-    word_count: int
-    byte_count: int
     doc_index: int
     chunk_index: int
-    type: str = "chunk"
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,6 @@ class MMLUQuestion:
     answer: int  # 0-3
     answer_letter: str
     subject: str
-    type: str = "mmlu"
 
 
 class DataSource(Protocol):
@@ -139,7 +134,7 @@ def chunk_documents(
     """Cut each document's `text` into consecutive windows of at most `max_length` tokens.
 
     Windows never cross documents and carry no special tokens (the caller adds BOS if wanted).
-    Decoding a window may split a multi-byte character at its edges; counts use the decoded text.
+    Decoding a window may split a multi-byte character at its edges.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
@@ -148,17 +143,7 @@ def chunk_documents(
         ids = tokenizer.encode(doc.text, add_special_tokens=False)
         for chunk_index, start in enumerate(range(0, len(ids), max_length)):
             window = tuple(ids[start : start + max_length])
-            text = tokenizer.decode(window)
-            chunks.append(
-                TextChunk(
-                    text=text,
-                    token_ids=window,
-                    word_count=word_count(text),
-                    byte_count=byte_count(text),
-                    doc_index=doc_index,
-                    chunk_index=chunk_index,
-                )
-            )
+            chunks.append(TextChunk(tokenizer.decode(window), window, doc_index, chunk_index))
     return chunks
 
 

@@ -33,17 +33,12 @@ def mlp_keys(layer: int) -> tuple[str, str, str]:
 
 
 def narrow_state_dict(
-    state_dict: Mapping[str, torch.Tensor],
-    kept: Sequence[int] | np.ndarray,
-    orderings: torch.Tensor | None = None,
+    state_dict: Mapping[str, torch.Tensor], kept: Sequence[int] | np.ndarray
 ) -> dict[str, torch.Tensor]:
-    """Copy of `state_dict` whose layer l MLP keeps neurons `orderings[l][:kept[l]]`.
-
-    `orderings` [n_layers, d_ff] holds the original neuron index at each importance rank; None
-    means the weights are already sorted by importance (a `PrunableLLM` after `reorder`), so the
-    kept neurons are a prefix. Narrowed tensors are fresh contiguous copies (in importance
-    order); all other tensors are the caller's, shared (tied weights stay tied).
-    """
+    """Copy of `state_dict` whose layer l MLP keeps its first kept[l] neurons: the weights are
+    sorted by importance (a `PrunableLLM`'s), so the kept neurons are a prefix. Narrowed tensors
+    are fresh contiguous copies; all other tensors are the caller's, shared (tied weights stay
+    tied)."""
     out = dict(state_dict)
     width = state_dict[mlp_keys(0)[0]].shape[0]
     kept = check_kept(np.asarray(kept), len(kept), width)
@@ -54,10 +49,7 @@ def narrow_state_dict(
             out[up_key],
             out[down_key],
         )  # [d_ff, h], [d_ff, h], [h, d_ff]
-        if orderings is None:
-            idx = torch.arange(k, device=gate.device)
-        else:
-            idx = orderings[layer, :k].to(device=gate.device, dtype=torch.long)
+        idx = torch.arange(k, device=gate.device)
         out[gate_key] = gate.index_select(0, idx)
         out[up_key] = up.index_select(0, idx)
         out[down_key] = down.index_select(1, idx)

@@ -207,6 +207,19 @@ def mean_profile(kept: np.ndarray, target: float | None, width: int, align: int)
     return allocate(fractions_of(kept.mean(axis=0), width), target, width, align)
 
 
+def validate_orderings(orderings: torch.Tensor, n_layers: int, width: int) -> None:
+    """Raise ValueError unless `orderings` is [n_layers, width] with a permutation per layer."""
+    if orderings.ndim != 2 or orderings.shape[0] != n_layers:
+        raise ValueError(
+            f"orderings have shape {tuple(orderings.shape)}, model has {n_layers} layers"
+        )
+    if orderings.shape[1] != width:
+        raise ValueError(f"orderings have width {orderings.shape[1]}, model MLP width is {width}")
+    bad = (orderings.sort(dim=1).values != torch.arange(width)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(f"layer {int(bad[0])}: ordering is not a permutation of 0..{width - 1}")
+
+
 def ranks_of(orderings: torch.Tensor) -> torch.Tensor:
     """Rank of each neuron (by original id) in `orderings` [..., n_layers, d_ff] (original ids,
     most important first) -> int64, same shape."""

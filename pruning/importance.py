@@ -1,21 +1,28 @@
-"""Per-neuron MLP importance from forward hooks on each layer's down_proj input.
+"""Per-neuron MLP importance from forward hooks on each layer's down_proj input, and its file.
 
 The down_proj input is the neuron activation a = act(gate(x)) * up(x), [batch, seq, d_ff].
 `statistic_hooks` is the one hook that collects it (here over calibration windows, in
 `pruning.context_importance` per row of an input's context).
+
+The importance file (JSON): {"model", "criterion", "num_samples", "num_tokens", "date",
+"n_layers", "intermediate_size", "orderings": [[neuron ids, most important first] per layer],
+optional "scores": [[...] per layer]}.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from pruning.allocation import validate_orderings
 from pruning.prunable_llm import PrunableLLM
 from scoring.metrics import pad_rows
 
@@ -144,7 +151,7 @@ def collect_importance(
 def importance_to_json(
     result: ImportanceResult, model_name: str, criterion: str, num_samples: int
 ) -> dict[str, Any]:
-    """The importance file's JSON object (see pruning.create_pruning_mask for the format)."""
+    """The importance file's JSON object (the format: this module's docstring)."""
     n_layers, width = result.scores.shape
     return {
         "model": model_name,
@@ -157,3 +164,45 @@ def importance_to_json(
         "orderings": result.orderings.tolist(),
         "scores": result.scores.tolist(),
     }
+
+
+def importance_file_name(llm_slug: str, criterion: str) -> str:
+    """What `main.py importance` calls its file: <llm slug>_<criterion>.json."""
+    return f"{llm_slug}_{criterion}.json"
+
+
+@dataclass(frozen=True)
+class ImportanceFile:
+    model: str
+    criterion: str
+    num_samples: int
+    num_tokens: int
+    date: str
+    orderings: torch.Tensor  # [n_layers, d_ff] int64, most important first
+    scores: torch.Tensor | None  # [n_layers, d_ff] float32
+
+
+def write_importance_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def read_importance_json(
+    path: Path, n_layers: int | None = None, intermediate_size: int | None = None
+) -> ImportanceFile:
+    """Load an importance file; when the model's sizes are given, check the orderings fit them."""
+    data = json.loads(Path(path).read_text())
+    orderings = torch.tensor(data["orderings"], dtype=torch.long)
+    n_layers = data["n_layers"] if n_layers is None else n_layers
+    width = data["intermediate_size"] if intermediate_size is None else intermediate_size
+    validate_orderings(orderings, n_layers, width)
+    scores = data.get("scores")
+    return ImportanceFile(
+        model=data["model"],
+        criterion=data["criterion"],
+        num_samples=int(data["num_samples"]),
+        num_tokens=int(data["num_tokens"]),
+        date=data["date"],
+        orderings=orderings,
+        scores=None if scores is None else torch.tensor(scores, dtype=torch.float32),
+    )

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning.allocation import check_kept, keep_masks, ranks_of
-from pruning.create_pruning_mask import validate_orderings
+from pruning.allocation import check_kept, keep_masks, ranks_of, validate_orderings
 
 MaskFn = Callable[[int], torch.Tensor]  # layer index -> bool [d_ff], True = keep, original indices
 Kept = Sequence[int] | np.ndarray | torch.Tensor  # [n_layers] leading neurons kept per layer
@@ -48,11 +47,8 @@ class LayerUndoEntry(NamedTuple):  # a NamedTuple: 3x cheaper to build than a fr
 class UndoPack:
     """Everything `undo_prune` needs; layers that kept all neurons are untouched and not listed."""
 
-    dims: Dims
     entries: tuple[LayerUndoEntry, ...]
     n_pruned: int  # neurons removed over all layers
-    storage: str  # recorded for compatibility only: nothing is ever copied out
-    cast_dtype: torch.dtype | None
 
 
 def _find_mlps(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, nn.Linear]]:
@@ -205,14 +201,6 @@ class PrunableLLM:
         self._ranks = ranks_of(order)
         self._order = order
 
-    def restore_order(self) -> None:
-        """Put the neurons back in their original order: parameters become bit-identical to the
-        model as it was wrapped (e.g. before saving it). Kept counts then mean original ids."""
-        if self._order is None:
-            return
-        self._reorder(torch.arange(self.dims.intermediate_size).expand(self.dims.n_layers, -1))
-        self._order = None
-
     @torch.no_grad()
     def _permute_in_place(self, relative: torch.Tensor) -> None:
         identity = (relative == torch.arange(relative.shape[1])).all(dim=1).tolist()
@@ -238,16 +226,16 @@ class PrunableLLM:
         keep-mask in original neuron ids (the general path: an importance prefix becomes a count,
         anything else is gathered). While pruned, the MLP weights are plain tensors (views of a
         prefix, else gathered copies), not Parameters; don't train, move or cast the model until
-        `undo_prune()`.
-        `storage` and `cast_dtype` are accepted for compatibility with the copy-out design, where
-        they chose where/in which dtype the removed slices were kept; here nothing is copied out,
-        so they are only validated and recorded. All masks are validated before any layer changes.
+        `undo_prune()`. All masks are validated before any layer changes.
+        `storage` ("cpu" or "gpu") and `cast_dtype` do nothing now that pruning takes views: no
+        removed slice is ever copied anywhere (they chose where and in which dtype it was kept).
         """
         if self._undo is not None:
             pruned = [e.layer for e in self._undo.entries]
             raise ValueError(f"already pruned (layers {pruned}); call undo_prune() first")
         if storage not in ("cpu", "gpu"):
             raise ValueError(f"storage must be 'cpu' or 'gpu', got {storage!r}")
+        del cast_dtype  # see the docstring
         n_kept, gather_idx = self._plan(allocation)
         d_ff = self.dims.intermediate_size
         entries, weights = [], []
@@ -271,20 +259,14 @@ class PrunableLLM:
         for entry, new in zip(entries, weights):  # nothing can fail from here on
             for lin, weight in zip(self._mlps[entry.layer], new):
                 _set_weight(lin, weight)
-        self._undo = UndoPack(
-            dims=self.dims,
-            entries=tuple(entries),
-            n_pruned=self.dims.n_layers * d_ff - sum(n_kept),
-            storage=storage,
-            cast_dtype=cast_dtype,
-        )
+        self._undo = UndoPack(tuple(entries), self.dims.n_layers * d_ff - sum(n_kept))
         return self._undo
 
     def undo_prune(self, device: torch.device | str | None = None) -> None:
         """Re-assign the original Parameters (bit-identical, same objects); no-op if unpruned.
 
-        `device` is accepted for compatibility: the originals never left their device.
-        """
+        `device` does nothing: the originals never left their device (it chose where the removed
+        slices were copied back from)."""
         if self._undo is None:
             return
         for entry in self._undo.entries:
@@ -293,7 +275,7 @@ class PrunableLLM:
             _set_weight(up, entry.up)
             _set_weight(down, entry.down)
         self._undo = None
-        del device  # see docstring
+        del device  # see the docstring
 
     @contextlib.contextmanager
     def pruned(
@@ -303,7 +285,8 @@ class PrunableLLM:
         cast_dtype: torch.dtype | None = None,
     ) -> Iterator[PrunableLLM]:
         """`with llm.pruned(kept): ...` prunes for the body and always undoes afterwards."""
-        self.prune(allocation, storage=storage, cast_dtype=cast_dtype)
+        del storage, cast_dtype  # see `prune`
+        self.prune(allocation)
         try:
             yield self
         finally:

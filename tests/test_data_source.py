@@ -103,7 +103,6 @@ def test_local_wikitext_from_tmp_folder(tmp_path: Path) -> None:
     docs = WikiTextDataSource(tmp_path).load("validation")
     assert len(docs) == 4
     assert docs[0].text.startswith(" = Alpha =\n\nAlpha text, here.\n== Alpha sub ==")
-    assert docs[0].type == "document"
     assert docs[0].byte_count == len(docs[0].original_text.encode("utf-8"))
 
 
@@ -162,8 +161,6 @@ def test_chunk_documents_windows() -> None:
         (1, 1),
     ]
     assert chunks[0].token_ids == (97, 98, 99)
-    assert chunks[3].word_count == 2 and chunks[4].byte_count == 2
-    assert all(c.type == "chunk" for c in chunks)
     with pytest.raises(ValueError):
         chunk_documents(docs, CharTokenizer(), max_length=0)
 
@@ -187,7 +184,7 @@ def test_mmlu_csv_quoting_prompt_and_fields(tmp_path: Path) -> None:
     star = items[1]
     assert star.question == "  What, truly,\nis a star?  "
     assert star.choices == ("gas", "rock, mostly", "ice", "plasma")
-    assert (star.answer, star.answer_letter, star.type) == (3, "D", "mmlu")
+    assert (star.answer, star.answer_letter) == (3, "D")
     assert star.text == (
         "What, truly,\nis a star?\nA. gas\nB. rock, mostly\nC. ice\nD. plasma\nAnswer:"
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from pruning.create_pruning_mask import keep_masks
+from pruning.allocation import keep_masks
 from pruning.importance import collect_importance, importance_to_json
 from pruning.prunable_llm import PrunableLLM
 from tests.fixtures import tiny_llama

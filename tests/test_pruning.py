@@ -11,8 +11,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from pruning import prunable_llm
-from pruning.allocation import kept_counts
-from pruning.create_pruning_mask import keep_masks, read_importance_json, write_importance_json
+from pruning.allocation import keep_masks, kept_counts
+from pruning.importance import read_importance_json, write_importance_json
 from pruning.prunable_llm import PrunableLLM
 from tests.fixtures import tiny_llama
 
@@ -122,8 +122,7 @@ def test_reorder_keeps_function_and_restore_is_exact(llm: PrunableLLM, ids: torc
     assert not torch.equal(
         llm.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"]
     )
-    llm.restore_order()
-    assert llm.permutation is None
+    llm._reorder(torch.arange(D_FF).expand(N_LAYERS, D_FF))  # back to the original order
     assert_same_params(llm.wrapped, before)
     assert all(a is b for a, b in zip(objects, llm.parameters()))
 
@@ -197,6 +196,26 @@ def test_sparsity_is_pruned_fraction(llm: PrunableLLM) -> None:
     llm.prune(lambda layer: torch.arange(D_FF) < kept[layer])
     assert llm.sparsity == pytest.approx((64 + 0 + 48) / (3 * 64))
     assert llm.keep_counts() == kept
+
+
+def test_documented_surface_storage_cast_dtype_and_device_change_nothing(
+    llm: PrunableLLM, ids: torch.Tensor
+) -> None:
+    """The design card's `prune(mask_fn, storage, cast_dtype)`, `undo_prune(device)`, `sparsity`
+    and `is_pruned`: the arguments are accepted and do nothing (pruning takes views)."""
+    before, objects = snapshot(llm.wrapped), list(llm.parameters())
+    kept = [8, 64, 24]
+    with llm.pruned(kept):
+        expected = logits(llm, ids)
+    llm.prune(lambda layer: torch.arange(D_FF) < kept[layer], "cpu", torch.float16)
+    assert llm.is_pruned and llm.sparsity == pytest.approx(1 - 96 / 192)
+    assert torch.equal(logits(llm, ids), expected)
+    llm.undo_prune(device="cpu")
+    assert not llm.is_pruned and llm.sparsity == 0.0
+    assert_same_params(llm.wrapped, before)
+    assert all(a is b for a, b in zip(objects, llm.parameters()))
+    with pytest.raises(ValueError, match="storage"):
+        llm.prune(kept, storage="disk")
 
 
 def test_forwards_like_the_wrapped_model(llm: PrunableLLM, ids: torch.Tensor) -> None:
