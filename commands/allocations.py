@@ -111,9 +111,9 @@ def check_length(values: Any, n_layers: int | None, what: str = "allocation") ->
     loads)."""
     if not isinstance(values, list) or len(values) != (n_layers or len(values)) or not values:
         got = len(values) if isinstance(values, list) else type(values).__name__
+        count = f"{n_layers} fractions" if n_layers else "fractions"
         raise ConfigError(
-            f"{what} needs {n_layers or ''} fractions (one per layer; is it for another "
-            f"model?), got {got}".replace("needs  ", "needs ")
+            f"{what} needs {count} (one per layer; is it for another model?), got {got}"
         )
     fractions = np.asarray([_number(v) for v in values], dtype=np.float64)
     bad = np.flatnonzero(~((fractions >= 0) & (fractions <= 1)))
@@ -130,10 +130,11 @@ def parse_allocation(
     n_layers None checks all but the layer count (before the model loads)."""
     spec = spec.strip()
     path = Path(spec)
-    profile = path.suffix in {".json", ".yml", ".yaml"} and path.is_file()
-    if profile:
-        values = _read_file(path, "allocation file")
-        profile = isinstance(values, dict) and PROFILE_KEY in values
+    is_file = path.suffix in {".json", ".yml", ".yaml"}
+    if is_file and not path.is_file():
+        raise ConfigError(f"allocation file {spec} does not exist")
+    values = _read_file(path, "allocation file") if is_file else None
+    profile = isinstance(values, dict) and PROFILE_KEY in values
     if target is not None and not profile:
         raise ConfigError(
             f"--target picks a target of a `search` profile file; {spec!r} is not one: "
@@ -144,9 +145,7 @@ def parse_allocation(
     if spec.startswith("uniform:"):
         fraction = _number(spec.removeprefix("uniform:"))
         return check_length([fraction] * (n_layers or 1), n_layers)
-    if path.suffix in {".json", ".yml", ".yaml"}:
-        if not path.is_file():
-            raise ConfigError(f"allocation file {spec} does not exist")
+    if is_file:
         if profile:
             return read_profile(path, n_layers, target)
         values = values.get("fractions", values) if isinstance(values, dict) else values
