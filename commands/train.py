@@ -84,8 +84,8 @@ def make_agent(sac: SACConfig, env: Any, seed: int, residual: bool = False) -> S
 
 
 def find_run(spec: str, runs_dir: Path, total_steps: int) -> Path:
-    """A train run folder to continue to `total_steps`; 'latest' = the newest one with a complete
-    checkpoint short of it. A run already there is refused: resuming would only rewrite it."""
+    """A train run folder; 'latest' = the newest one with a complete checkpoint short of
+    `total_steps` (if every run is there, the newest, which `check_unfinished` refuses)."""
     if spec == "latest":
         runs = [
             (run, checkpoint_step(ckpt))
@@ -97,19 +97,17 @@ def find_run(spec: str, runs_dir: Path, total_steps: int) -> Path:
                 f"no train run with a complete checkpoint in {runs_dir} to resume; drop --resume"
             )
         unfinished = [run for run, step in runs if step < total_steps]
-        if not unfinished:
-            check_unfinished(*runs[-1], total_steps)
-        return unfinished[-1]
+        return (unfinished or [runs[-1][0]])[-1]  # none: `check_unfinished` names the newest
     run = Path(spec)
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a train run folder (no config.yaml)")
-    ckpt = latest_checkpoint(run / "checkpoints")
-    if ckpt is not None:
-        check_unfinished(run, checkpoint_step(ckpt), total_steps)
     return run
 
 
-def check_unfinished(run: Path, step: int, total_steps: int) -> None:
+def check_unfinished(run: Path, total_steps: int) -> None:
+    """Resuming a run that already reached total_steps would only rewrite its results."""
+    ckpt = latest_checkpoint(run / "checkpoints")
+    step = -1 if ckpt is None else checkpoint_step(ckpt)
     if step >= total_steps:
         raise ConfigError(
             f"--resume: {run.name} already reached {step} steps (train.total_steps={total_steps}); "
@@ -183,6 +181,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     resume = find_run(args.resume, runs_dir, cfg.train.total_steps) if args.resume else None
     if resume is not None:
         check_same_config(cfg, resume)
+        check_unfinished(resume, cfg.train.total_steps)
     seed_everything(cfg.seed)
     in_process = cfg.train.devices is None  # else each GPU worker loads its own model
     models = load_models(cfg.model, llm=in_process)
