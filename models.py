@@ -138,3 +138,71 @@ def model_shape(llm: torch.nn.Module) -> tuple[int, int]:
     """(decoder layers, MLP width), read from the model itself."""
     layers = llm.model.layers
     return len(layers), layers[0].mlp.gate_proj.out_features
+
+
+# GGUF metadata value types (the spec's gguf_metadata_value_type): struct format, or a marker
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+                 12: "d"}  # fmt: skip
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_fields(path: Path) -> dict[str, Any]:
+    """A GGUF file's scalar and string metadata (arrays skipped), read from its header only:
+    the model's hyperparameters without touching its weights."""
+    import struct
+
+    with path.open("rb") as f:  # a damaged header reads as no metadata: the load reports it
+
+        def read(fmt: str) -> Any:
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("Q")).decode("utf-8", "replace")
+
+        def value(kind: int) -> Any:
+            if kind == _GGUF_STRING:
+                return string()
+            if kind == _GGUF_ARRAY:
+                inner, count = read("I"), read("Q")
+                if inner in _GGUF_SCALARS:
+                    f.seek(count * struct.calcsize(_GGUF_SCALARS[inner]), 1)
+                else:
+                    for _ in range(count):
+                        value(inner)
+                return None
+            return read(_GGUF_SCALARS[kind])
+
+        try:
+            if f.read(4) != b"GGUF" or read("I") < 2:
+                return {}
+            read("Q")  # tensor count
+            return {string(): value(read("I")) for _ in range(read("Q"))}
+        except (struct.error, KeyError, OverflowError):
+            return {}
+
+
+def peek_shape(spec: str) -> tuple[int | None, int | None]:
+    """(decoder layers, MLP width) of the LLM from its config.json or GGUF header, without
+    loading it (checks that need them run before the load); None where not on disk or named."""
+    import json
+
+    src = resolve_source(spec)
+    if src.gguf_file:
+        fields = _gguf_fields(Path(src.location) / src.gguf_file)
+        arch = fields.get("general.architecture")
+        values = (fields.get(f"{arch}.block_count"), fields.get(f"{arch}.feed_forward_length"))
+    else:
+        config = Path(src.location) / "config.json"
+        if not config.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(src.location, "config.json")
+            config = Path(cached) if isinstance(cached, str) else config
+        try:
+            data = json.loads(config.read_text()) if config.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"model config {config} is not valid JSON; re-download it") from None
+        data = data.get("text_config") or data  # multimodal configs nest the LLM's
+        values = (data.get("num_hidden_layers"), data.get("intermediate_size"))
+    n_layers, width = (v if isinstance(v, int) and v > 0 else None for v in values)
+    return n_layers, width
