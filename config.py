@@ -199,6 +199,8 @@ class ImportanceConfig(_Section):
     max_length: int = Field(default=512, gt=1)  # tokens per calibration window
     batch_size: int = Field(default=4, gt=0)
     output_dir: str = "grouping_statistics"
+    # json: readable (the shipped SmolLM2 files); npz: int16 orderings + float32 scores, compressed
+    format: Literal["json", "npz"] = "json"
 
 
 class SearchConfig(_Section):
