@@ -17,11 +17,14 @@ from transformers import (
 )
 
 from commands.allocations import mean_profile, policy_kept
+from config import load_config
+from data.sources import WikiTextDataSource
 from export.hf import narrow_state_dict, removed_mlp_parameters, size_of
 from main import main
 from pruning.allocation import kept_counts, project_to_target
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
+from scoring.metrics import PerplexityCalculator
 from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +163,9 @@ def randomise_vectors(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "gemma3_text"])
-def test_export_keeps_the_source_architecture(model_type: str, tmp_path: Path) -> None:
+def test_export_keeps_the_source_architecture(
+    model_type: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = make_tiny_project(tmp_path, arch_config(model_type))
     randomise_vectors(tmp_path / "llm")
     result = export(config, "0.5,0.125")
@@ -180,9 +185,24 @@ def test_export_keeps_the_source_architecture(model_type: str, tmp_path: Path) -
     with torch.no_grad():
         theirs, ours = model(ids).logits, ref(ids).logits
         torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-6)
-    prompt = AutoTokenizer.from_pretrained(folder)("the game of", return_tensors="pt")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer("the game of", return_tensors="pt")
     out = model.generate(**prompt, max_new_tokens=6, do_sample=False)
     assert torch.equal(out, ref.generate(**prompt, max_new_tokens=6, do_sample=False))
+    # the project's own `generate` (global neurons: the same kept neurons) decodes the same
+    argv = ["--config", str(config), "0.5,0.125", "--set", "env.neurons=global"]
+    assert main(["generate", *argv, "--prompt", "the game of", "--max-new-tokens", "6"]) == 0
+    run = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run"])
+    tokens = json.loads((run / "generate.json").read_text())["results"][0]["tokens"]
+    assert tokens == out[0, prompt["input_ids"].shape[1] :].tolist()[: len(tokens)]
+    # and `score` of the allocation equals the export scored by the same metric code
+    assert main(["score", *argv, "--limit", "2"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = load_config(config)
+    docs = WikiTextDataSource(Path(str(cfg.data.wikitext_path))).load("test")[:2]
+    calc = PerplexityCalculator(model, tokenizer, cfg.env.max_length, "bos", batch_size=1)
+    theirs = calc.evaluate(docs)["word_perplexity"]
+    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-5)
 
 
 # ---- budget agents -----------------------------------------------------------------------------
