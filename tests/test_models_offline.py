@@ -80,5 +80,5 @@ def test_lm_eval_scores_the_gguf_export_as_score_does(
     theirs = lm_eval_word_perplexity(
         out, [d.original_text for d in docs], cfg.env.max_length, tmp_path
     )
-    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-3)
+    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-5)  # measured: 1.3e-7
     print(f"lm-eval {theirs:.6f} score {ours['word_perplexity']:.6f}")
