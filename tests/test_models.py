@@ -5,6 +5,7 @@ line with the fix, before anything is written."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import gguf
@@ -15,6 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from config import ConfigError
 from models import expand_packages, resolve_source
 from tests.fixtures import fails_cleanly, make_tiny_project, runs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_gguf(path: Path) -> bytes:
@@ -160,3 +163,33 @@ def test_model_without_gated_mlp_is_one_line_exit_2(
     argv = [command[0], "--config", str(project), *command[1:], "--set", f"model.llm={gpt2}"]
     fails_cleanly(capsys, argv, "mlp.gate_proj", project)
     assert runs(project) == before
+
+
+def test_importance_npz_holds_the_json_numbers(tmp_path: Path) -> None:
+    import torch
+
+    from pruning.create_pruning_mask import read_importance_json, write_importance_json
+
+    shipped = ROOT / "grouping_statistics" / "smollm2-135m-instruct_mean_abs_activation.json"
+    compact = tmp_path / "smollm2.npz"
+    write_importance_json(compact, json.loads(shipped.read_text()))
+    a, b = read_importance_json(shipped, 30, 1536), read_importance_json(compact, 30, 1536)
+    assert torch.equal(a.orderings, b.orderings) and torch.equal(a.scores, b.scores)
+    assert (a.model, a.criterion, a.num_samples, a.date) == (b.model, b.criterion, b.num_samples,
+                                                             b.date)  # fmt: skip
+    assert compact.stat().st_size < shipped.stat().st_size / 4
+
+
+def test_importance_command_writes_npz_that_score_reads(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from main import main
+
+    npz = ["--set", "importance.format=npz"]
+    assert main(["importance", "--config", str(project), *npz]) == 0
+    written = project.parent / "stats" / "llm_mean_abs_activation.npz"
+    assert written.is_file()
+    capsys.readouterr()
+    argv = ["score", "--config", str(project), "uniform:0.5", "--limit", "1"]
+    assert main([*argv, "--set", f"env.importance_file={written}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sparsity"] == 0.5
