@@ -49,6 +49,12 @@ class ModelConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device_map: Literal["auto"] | None = None  # "auto": spread a too-large LLM over all GPUs
+    # llm: "parts:<dist>{1..N}==<version>" (packages, each shipping data/<part files>) or
+    # "parts:<folder>/" (its files in name order): the parts concatenate into one GGUF
+    llm_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # of the whole GGUF
+    llm_bytes: int | None = Field(default=None, gt=0)  # size of the whole GGUF
+    # joined parts and de-quantized GGUFs (safetensors) are kept here; None = de-quantize each time
+    cache_dir: str | None = "cache/models"
 
     @field_validator("device")
     @classmethod
@@ -237,6 +243,8 @@ class ImportanceConfig(_Section):
     max_length: int = Field(default=512, gt=1)  # tokens per calibration window
     batch_size: int = Field(default=4, gt=0)
     output_dir: str = "grouping_statistics"
+    # json: readable (the shipped SmolLM2 files); npz: int16 orderings + float32 scores, compressed
+    format: Literal["json", "npz"] = "json"
 
 
 class SearchConfig(_Section):

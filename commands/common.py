@@ -123,8 +123,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def written_importance_path(cfg: Config, llm: ModelSource) -> Path:
-    """Where `main.py importance` writes: <importance.output_dir>/<llm slug>_<criterion>.json."""
-    name = f"{llm.slug}_{cfg.importance.criterion}.json"
+    """Where `importance` writes: <importance.output_dir>/<llm slug>_<criterion>.<format>."""
+    name = f"{llm.slug}_{cfg.importance.criterion}.{cfg.importance.format}"
     return resolve_path(cfg.importance.output_dir) / name
 
 

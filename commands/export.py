@@ -33,9 +33,10 @@ from commands.common import (
 )
 from config import Config, ConfigError, resolve_path
 from export.hf import (
-    MODELING_FILE,
+    ModelingFile,
     Size,
     build_pruned_model,
+    modeling_file_for,
     narrow_state_dict,
     pruned_config,
     removed_mlp_parameters,
@@ -156,9 +157,11 @@ def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model: Any, tokenizer: Any, folder: Path, max_shard_size: str) -> None:
+def save_model(
+    model: Any, tokenizer: Any, modeling: ModelingFile, folder: Path, max_shard_size: str
+) -> None:
     model.save_pretrained(folder, max_shard_size=max_shard_size)  # config, weights, generation
-    shutil.copy(MODELING_FILE, folder / MODELING_FILE.name)
+    (folder / modeling.name).write_text(modeling.text)
     tokenizer.save_pretrained(folder)
 
 
@@ -206,17 +209,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "align": cfg.env.align,
         "importance_file": importance_file(pruner),
     }
-    config = pruned_config(models.llm.config.to_dict(), kept, provenance)
+    modeling = modeling_file_for(models.llm)
+    config = pruned_config(models.llm.config.to_dict(), kept, provenance, modeling)
     config["dtype"] = str(models.dtype).removeprefix("torch.")
-    device = next(models.llm.parameters()).device
-    model = build_pruned_model(config, state, device)
+    model = build_pruned_model(config, state, modeling, dict(models.llm.named_buffers()))
     model.generation_config = copy.deepcopy(models.llm.generation_config)
 
     mlp_before = 3 * hidden * width * n_layers
     with staged_run_dir(cfg, "export") as (stage, run_dir):  # a killed export leaves no run
         written, dest = (output, output) if output else (stage / "model", run_dir / "model")
         write_atomically(
-            written, lambda tmp: save_model(model, models.tokenizer, tmp, args.max_shard_size)
+            written,
+            lambda tmp: save_model(model, models.tokenizer, modeling, tmp, args.max_shard_size),
         )
         result = {
             "model_dir": str(dest),
