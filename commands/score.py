@@ -18,7 +18,7 @@ from commands.common import (
     write_json,
 )
 from config import Config
-from models import load_models, model_shape
+from models import load_models, model_shape, peek_shape
 from pruning.allocation import fractions_of
 from pruning.prunable_llm import PrunableLLM
 from scoring.tasks import score_allocation, task_orderings
@@ -41,6 +41,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     split = args.split or cfg.data.eval_split
     items = load_items(cfg.data, split, check_limit(args.limit))
+    shape = (*peek_shape(cfg.model.llm), cfg.env.align)
+    parse_allocation(args.allocation, shape, args.target)  # checked before the load
     models = load_models(cfg.model)
     n_layers, width = model_shape(models.llm)
     kept = parse_allocation(args.allocation, (n_layers, width, cfg.env.align), args.target)
