@@ -202,3 +202,24 @@ def test_importance_command_writes_npz_that_score_reads(
     argv = ["score", "--config", str(project), "uniform:0.5", "--limit", "1"]
     assert main([*argv, "--set", f"env.importance_file={written}"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sparsity"] == 0.5
+
+
+@pytest.mark.slow
+def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
+    """bench/real_models.py end to end (importance written where the preset looks, dense,
+    matched-sparsity sweep), with subprocesses of main.py as on the GPU."""
+    from bench.real_models import run
+
+    config = make_tiny_project(tmp_path)
+    text = config.read_text().replace(str(tmp_path / "importance.json"), str(tmp_path / "i.npz"))
+    config.write_text(text)
+    out = tmp_path / "bench"
+    argv = ["--preset", str(config), "--out", str(out), "--max-length", "16", "--targets", "0.5",
+            "--stages", "importance,dense,sweep", "--device", "cpu", "--batch-size", "4",
+            "--set", "importance.format=npz"]  # fmt: skip
+    assert run(argv) == 0
+    assert (tmp_path / "i.npz").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert {"importance", "dense", "uniform_0.5_global", "ends_dense_0.5_context"} <= set(results)
+    assert results["uniform_0.5_context"]["sparsity"] == 0.5
+    assert "| 0.5 | global |" in (out / "table.md").read_text()
