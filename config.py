@@ -41,8 +41,11 @@ class ModelConfig(_Section):
     device_map: Literal["auto"] | None = None  # "auto": spread a too-large LLM over all GPUs
 
 
+MIXED_KINDS = ("wikitext", "code", "mmlu")  # kinds of input a `mixed` task draws from
+
+
 class DataConfig(_Section):
-    dataset: Literal["wikitext", "mmlu"] = "wikitext"
+    dataset: Literal["wikitext", "mmlu", "mixed"] = "wikitext"
     wikitext_path: str | None = None  # folder with wiki.{train,valid,test}.raw; None = the hub
     mmlu_path: str | None = None  # folder with MMLU test/ dev/ val/ CSVs; None = the hub
     train_split: str = "validation"  # split the agent trains on
@@ -51,11 +54,32 @@ class DataConfig(_Section):
     max_samples: int | None = Field(default=None, gt=0)  # cap on items per split
     embedding_cache: str | None = "cache/embeddings"  # cached encoder outputs; None = off
     embedding_batch_size: int = Field(default=32, gt=0)
+    # mixed only: kind -> weight in the overall figure and in training draws (weight 0 drops it)
+    kinds: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(MIXED_KINDS, 1.0))
+    code_path: str | None = None  # code corpus .json.xz; None = the shipped CPython modules
 
     @property
     def path(self) -> str | None:
         """Local folder of the configured dataset (None = the hub)."""
         return self.wikitext_path if self.dataset == "wikitext" else self.mmlu_path
+
+    @property
+    def active_kinds(self) -> dict[str, float]:
+        """Kinds of a mixed task with a positive weight, in MIXED_KINDS order."""
+        return {k: self.kinds[k] for k in MIXED_KINDS if self.kinds.get(k, 0.0) > 0}
+
+    @model_validator(mode="after")
+    def _check_kinds(self) -> DataConfig:
+        for kind, weight in self.kinds.items():
+            if kind not in MIXED_KINDS:
+                close = difflib.get_close_matches(kind, MIXED_KINDS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(MIXED_KINDS)}"
+                raise ValueError(f"data.kinds: unknown kind {kind!r}; {hint}")
+            if not weight >= 0:  # False for NaN too
+                raise ValueError(f"data.kinds.{kind}={weight} is negative; use a weight >= 0")
+        if not self.active_kinds:
+            raise ValueError("data.kinds gives every kind weight 0; give one a positive weight")
+        return self
 
 
 class EnvConfig(_Section):
@@ -247,7 +271,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_splits(self) -> Config:
-        valid = {"wikitext": {"train", "validation", "test"}, "mmlu": {"test", "validation", "dev"}}
+        valid = {
+            "wikitext": {"train", "validation", "test"},
+            "mmlu": {"test", "validation", "dev"},
+            "mixed": {"validation", "test"},  # validation: each kind's training part
+        }
         for key in ("train_split", "eval_split"):
             split = getattr(self.data, key)
             if split not in valid[self.data.dataset]:

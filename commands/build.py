@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
+from commands.mixed import make_mixed_task, mixed_reward
 from config import Config, ConfigError, EnvConfig, resolve_path
 from data.sources import chunk_documents
 from models import LoadedModels, load_models, model_shape
@@ -84,6 +85,8 @@ def perplexity_calculator(cfg: Config, llm: Any, tokenizer: Any) -> PerplexityCa
 
 def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Task:
     """Token perplexity (training windows), word perplexity (documents), or MMLU correctness."""
+    if cfg.data.dataset == "mixed":
+        return make_mixed_task(cfg, llm, tokenizer, items)
     if cfg.data.dataset == "mmlu":
         return MMLUTask(mmlu_calculator(cfg, llm, tokenizer), items, cfg.env.batch_size)
     if items and hasattr(items[0], "token_ids"):  # training windows
@@ -108,6 +111,8 @@ def earlier_windows(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> list[l
 
 def make_reward_fn(cfg: Config) -> RewardFn:
     """Correctness reward for MMLU, perplexity reward for WikiText; budget or trade-off."""
+    if cfg.data.dataset == "mixed":
+        return mixed_reward(cfg)
     name = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
     if cfg.env.reward == "budget":
         return make_budget_reward(name)
