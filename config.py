@@ -108,6 +108,13 @@ class EnvConfig(_Section):
     # and is paid relative to it on the same item: -log(ppl / ppl_reference), c - c_reference
     reference: str | None = None
     radius: float = Field(default=0.2, gt=0, le=1)
+    # what a per-input policy decides and sees beyond per-layer fractions (rl/levers.py):
+    # budget: its own total sparsity, target +- budget_radius, the mean held on target by a price
+    # (eval: projected over the items); blend: per layer, context vs global neuron ranking;
+    # stats: the dense model's per-layer statistics of its context in the observation
+    levers: list[Literal["budget", "blend", "stats"]] = Field(default_factory=list)
+    budget_radius: float = Field(default=0.1, gt=0, le=0.5)
+    price_lr: float = Field(default=0.05, ge=0)  # dual ascent step of the price on sparsity
 
     @property
     def targets(self) -> tuple[float, float] | None:
@@ -142,6 +149,15 @@ class EnvConfig(_Section):
                 )
         elif self.reference is not None:
             raise ValueError("env.reference needs env.reward=budget; or set env.reference=null")
+        if self.levers and (self.reward != "budget" or self.reference is not None):
+            raise ValueError(
+                f"env.levers={self.levers} needs env.reward=budget and env.reference=null; "
+                "or set env.levers=[]"
+            )
+        if {"blend", "stats"} & set(self.levers) and self.neurons != "context":
+            raise ValueError(
+                f"env.levers={self.levers} reads context orderings: set env.neurons=context"
+            )
         return self
 
 
@@ -263,6 +279,15 @@ class Config(_Section):
             raise ValueError(
                 "train.devices gives each GPU its own model copy, model.device_map spreads one "
                 "model over all GPUs: set one of them to null"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_levers(self) -> Config:
+        if "stats" in self.env.levers and self.train.devices is not None:
+            raise ValueError(
+                "env.levers=[stats] extends observations inside the environment, which GPU "
+                "workers do not share yet: set train.devices=null or drop stats"
             )
         return self
 

@@ -26,6 +26,8 @@ ACTION_KEYS = (
     "target_step",
     "reference",
     "radius",
+    "levers",
+    "budget_radius",
 )  # a search profile file: {"profiles": [{"target", "fractions", ...}]}
 
 

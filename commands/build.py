@@ -21,6 +21,7 @@ from pruning.allocation import check_align
 from pruning.create_pruning_mask import read_importance_json
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
+from rl.levers import LeverBandit
 from rl.reward import RewardFn, make_budget_reward, make_reward
 from rl.vec_env import BatchedPruningVecEnv, ShardedPruningVecEnv
 from scoring.metrics import PerplexityCalculator
@@ -126,6 +127,10 @@ def make_bandit(
     task = make_task(cfg, pruner.llm, tokenizer, items)
     action_map = pruner.action_map(cfg.env)
     criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
+    if cfg.env.levers:
+        return LeverBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg),
+                           criterion, levers=cfg.env.levers, budget_radius=cfg.env.budget_radius,
+                           price_lr=cfg.env.price_lr)  # fmt: skip
     return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg), criterion)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import agent_env, baseline_kept, mean_profile, policy_kept
+from commands.allocations import agent_env, baseline_kept, mean_profile
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -35,8 +35,10 @@ from commands.common import (
 from config import Config
 from models import LoadedModels, load_models
 from pruning.allocation import sparsity_of
-from pruning.budgets import oracle_budgets, weighted_mean
+from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
 from rl.checkpoints import load_agent
+from rl.env import observe
+from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
 from scoring.mixed import MixedTask, kind_loss, overall_figure
 from scoring.tasks import score_task, task_orderings
 
@@ -67,10 +69,21 @@ class MixedEvaluator:
             )
         return self.orderings if on else None
 
-    def score_lls(self, kept: np.ndarray, context: bool) -> tuple[list, np.ndarray]:
+    def score_lls(
+        self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
+    ) -> tuple[list, np.ndarray]:
+        """Log-likelihoods under kept ([n, L] or one [L]); with context neurons, `blend` [n, L]
+        mixes each item's context ranking with the global one (`rl.levers`)."""
         kept = np.broadcast_to(kept, (len(self.task), self.n_layers))
         indices = list(range(len(self.task)))
-        lls, _ = score_task(self.pruner.llm, self.task, indices, kept, self.context(context))
+        orderings = self.context(context)
+        if orderings is not None and blend is not None:
+            order = global_ordering(self.pruner.llm)
+            orderings = [
+                [blend_orderings(o, order, blend[k]) for o in item]
+                for k, item in enumerate(orderings)
+            ]
+        lls, _ = score_task(self.pruner.llm, self.task, indices, kept, orderings)
         return lls, kept
 
     def row(self, lls: list, kept: np.ndarray) -> dict[str, Any]:
@@ -82,8 +95,8 @@ class MixedEvaluator:
             "kinds": kinds,
         }
 
-    def arm(self, kept: np.ndarray, context: bool) -> dict[str, Any]:
-        lls, kept = self.score_lls(kept, context)
+    def arm(self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None) -> dict:
+        lls, kept = self.score_lls(kept, context, blend)
         return self.row(lls, kept)
 
     def item_cost(self, i: int, lls: list[float]) -> float:
@@ -114,6 +127,44 @@ class MixedEvaluator:
         return row
 
 
+class Policy:
+    """A trained agent's decisions on the eval items: per-layer fractions and, with its levers
+    (`rl.levers`), each item's total budget (projected so the token-weighted mean is the
+    target) and per-layer blend of context and global ranking."""
+
+    def __init__(
+        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, items: list
+    ) -> None:
+        env = agent_env(path, cfg.env)
+        self.ev, self.levers, self.radius = ev, tuple(env.levers), env.budget_radius
+        self.action_map = ev.pruner.action_map(env)
+        obs = observations(models, cfg.data, [item.text for item in items])
+        if "stats" in self.levers:
+            features = item_features(ev.context(True), global_ordering(ev.pruner.llm))
+            obs = np.concatenate([obs, features], axis=1, dtype=np.float32)
+        self.obs = obs
+        n_actions = action_dim(ev.n_layers, self.levers)
+        self.agent = load_agent(path, obs.shape[1] + self.action_map.budget, n_actions)
+
+    def arms(self, target: float, context: bool) -> dict[str, dict]:
+        """policy_mean (its mean profile and mean blend for every item) and policy_doc (each
+        item its own allocation, budget and blend), both at token-weighted mean `target`."""
+        targets = np.full(len(self.obs), target)
+        actions, _ = self.agent.predict(observe(self.obs, targets), deterministic=True)
+        layer, blend, budget = split_actions(actions, self.ev.n_layers, self.levers)
+        at_target = self.action_map.kept(layer, targets)
+        mean = mean_profile(at_target, target, self.action_map)
+        mean_blend = None if blend is None else np.broadcast_to(blend.mean(0), blend.shape)
+        budgets = targets
+        if budget is not None:
+            budgets = project_budgets(target + self.radius * budget, self.ev.tokens, target)
+        per_item = self.action_map.kept(layer, budgets)
+        return {
+            "policy_mean": self.ev.arm(mean, context, mean_blend),
+            "policy_doc": self.ev.arm(per_item, context, blend),
+        }
+
+
 def evaluate_mixed(
     cfg: Config,
     models: LoadedModels,
@@ -126,12 +177,9 @@ def evaluate_mixed(
     neurons = neurons or cfg.env.neurons
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     ev = MixedEvaluator(cfg, models, pruner, items)
-    agent = obs = action_map = None
+    policy = None
     if agent_path is not None:
-        env = agent_env(agent_path, cfg.env)
-        action_map = pruner.action_map(env)
-        obs = observations(models, cfg.data, [item.text for item in items])
-        agent = load_agent(agent_path, obs.shape[1] + action_map.budget, ev.n_layers)
+        policy = Policy(cfg, models, ev, agent_path, items)
     profile = profile or cfg.eval.profile
     sweep = []
     for target in cfg.eval.targets:
@@ -148,10 +196,8 @@ def evaluate_mixed(
                 searched = searched_kept(Path(resolve_path(profile)), target, ev.n_layers, pruner)
                 if searched is not None:
                     arms["searched"] = ev.arm(searched, context)
-            if agent is not None:
-                doc_kept = policy_kept(agent, obs, matched, action_map)
-                arms["policy_mean"] = ev.arm(mean_profile(doc_kept, matched, action_map), context)
-                arms["policy_doc"] = ev.arm(doc_kept, context)
+            if policy is not None:
+                arms |= policy.arms(matched, context)
             entry = {"target": target, "neurons": "context" if context else "global"}
             entry |= {"matched": matched, "arms": {a + suffix: r for a, r in arms.items()}}
             entry["gains"] = gains(arms)
