@@ -141,3 +141,28 @@ def test_eval_mixed_static_arms_and_oracle(project: Path, capsys: pytest.Capture
         assert arms[arm]["sparsity"] == pytest.approx(sparsity, rel=1e-12), arm
     assert glob["matched"] == arms["oracle"]["sparsity"]  # every arm is scored at the oracle's mean
     assert glob["gains"]["best_static"] == "uniform" and glob["gains"]["oracle_gain"] > 0
+
+
+def test_train_and_eval_with_levers(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    sets = [*MIXED, "--set", f"train.runs_dir={tmp_path}", "--set", "env.neurons=context"]
+    sets += ["--set", "env.levers=[budget,blend,stats]", "--set", "env.align=1"]
+    argv = ["train", "--config", str(project), *sets, "--set", "data.max_samples=4"]
+    assert main(argv) == 0
+    argv = ["eval", "--config", str(project), *sets, "--limit", "2", "--set", "eval.targets=[0.3]"]
+    assert main(argv) == 0
+    result = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    (entry,) = result["sweep"]
+    arms = entry["arms"]
+    assert set(arms) == {
+        f"{a}_context" for a in ("oracle", "uniform", "ends_dense", "policy_mean", "policy_doc")
+    }
+    # per-input budgets projected onto the oracle's token-weighted mean, to within one neuron
+    assert arms["policy_doc_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
+    assert set(entry["gains"]["captured"]) == {"policy_mean", "policy_doc"}
+
+
+def test_levers_need_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--config", str(project), *MIXED, "--set", "env.levers=[blend]"]
+    fails_cleanly(capsys, argv, "reads context orderings: set env.neurons=context", project)
