@@ -12,6 +12,10 @@
 # Items: all 62 WikiText-2 test pages, all 48 test modules, LIMIT (default 300) MMLU test questions
 # (evenly spaced over subjects); training: every validation window, every train-module window and
 # every MMLU dev + val question (256-token windows).
+# Time: `static` and `eval` score every item 7 times per target and neuron choice (5 oracle
+# budgets + 2 static arms): about 3 s each for SmolLM2-135M on an H100-class GPU (all 5 targets,
+# both neuron choices: ~4 minutes); a 1.5B model is ~10x slower: run one target per job
+# (TARGETS=[0.3] bench/real_mixed.sh static ...).
 set -euo pipefail
 stage=$1 llm=$2 runs=$3
 shift 3
