@@ -285,7 +285,7 @@ def print_table(target: float, dense: dict, arms: dict[str, dict]) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.data.dataset == "mixed":
-        from commands.evaluate_mixed import run_mixed  # it imports this module
+        from commands.evaluate_mixed import run_mixed  # imported here: it imports this module
 
         return run_mixed(cfg, args)
     seed_everything(cfg.seed)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import agent_env, baseline_kept, mean_profile
+from commands.allocations import agent_env, baseline_kept, mean_profile, read_profile
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -30,13 +30,15 @@ from commands.common import (
     observations,
     resolve_path,
     seed_everything,
+    warn,
     write_json,
 )
+from commands.evaluate import newest_agent
 from config import Config
 from models import LoadedModels, load_models
-from pruning.allocation import sparsity_of
+from pruning.allocation import project_to_target, sparsity_of
 from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
-from rl.checkpoints import load_agent
+from rl.checkpoints import check_agent, read_agent
 from rl.env import observe
 from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
 from scoring.mixed import MixedTask, kind_loss, overall_figure
@@ -133,9 +135,12 @@ class Policy:
     target) and per-layer blend of context and global ranking."""
 
     def __init__(
-        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, items: list
-    ) -> None:
-        env = agent_env(path, cfg.env)
+        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, items: list,
+        agent: Any, warnings: list[str],
+    ) -> None:  # fmt: skip
+        env, warning = agent_env(path, cfg.env)
+        if warning:
+            warn(warning, warnings)
         self.ev, self.levers, self.radius = ev, tuple(env.levers), env.budget_radius
         self.action_map = ev.pruner.action_map(env)
         obs = observations(models, cfg.data, [item.text for item in items])
@@ -144,7 +149,7 @@ class Policy:
             obs = np.concatenate([obs, features], axis=1, dtype=np.float32)
         self.obs = obs
         n_actions = action_dim(ev.n_layers, self.levers)
-        self.agent = load_agent(path, obs.shape[1] + self.action_map.budget, n_actions)
+        self.agent = check_agent(agent, path, obs.shape[1] + self.action_map.budget, n_actions)
 
     def arms(self, target: float, context: bool) -> dict[str, dict]:
         """policy_mean (its mean profile and mean blend for every item) and policy_doc (each
@@ -173,13 +178,16 @@ def evaluate_mixed(
     agent_path: Path | None,
     profile: str | None = None,
     neurons: str | None = None,
+    agent: Any = None,
 ) -> dict[str, Any]:
+    """agent: the agent file read before the model (`read_agent`), or None to read it here."""
     neurons = neurons or cfg.env.neurons
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     ev = MixedEvaluator(cfg, models, pruner, items)
-    policy = None
+    policy, warnings = None, []
     if agent_path is not None:
-        policy = Policy(cfg, models, ev, agent_path, items)
+        agent = agent if agent is not None else read_agent(agent_path)
+        policy = Policy(cfg, models, ev, agent_path, items, agent, warnings)
     profile = profile or cfg.eval.profile
     sweep = []
     for target in cfg.eval.targets:
@@ -191,10 +199,10 @@ def evaluate_mixed(
                 kept = baseline_kept(name, matched, ev.n_layers, pruner.width, pruner.align)
                 arms[name] = ev.arm(kept, context)
             if profile:
-                from commands.evaluate import searched_kept
-
-                searched = searched_kept(Path(resolve_path(profile)), target, ev.n_layers, pruner)
-                if searched is not None:
+                path = Path(resolve_path(profile))
+                fractions = read_profile(path, ev.n_layers, round(target, 6), missing_ok=True)
+                if fractions is not None:  # the profile of this target, moved onto the mean
+                    searched = project_to_target(fractions, matched, pruner.width, pruner.align)
                     arms["searched"] = ev.arm(searched, context)
             if policy is not None:
                 arms |= policy.arms(matched, context)
@@ -213,6 +221,7 @@ def evaluate_mixed(
         "oracle": {"shape": ORACLE_SHAPE, "offsets": list(ORACLE_OFFSETS)},
         "neurons": neurons,
         "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
+        "warnings": warnings,
         "dense": ev.dense,
         "sweep": sweep,
     }
@@ -265,13 +274,12 @@ def run_mixed(cfg: Config, args: argparse.Namespace) -> int:
     spec = args.agent or cfg.eval.agent
     agent_path = None
     if spec != "none":
-        from commands.evaluate import newest_agent
-
         runs_dir = resolve_path(cfg.train.runs_dir)
         agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
         if not agent_path.is_file():
             raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH or none")
+    agent = None if agent_path is None else read_agent(agent_path)  # before the model loads
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
-    evaluate_mixed(cfg, models, pruner, items, agent_path, args.profile, args.neurons)
+    evaluate_mixed(cfg, models, pruner, items, agent_path, args.profile, args.neurons, agent)
     return 0

@@ -114,9 +114,14 @@ def test_each_kind_scores_as_its_own_task(project: Path, capsys: pytest.CaptureF
         assert mixed["mmlu"] == {"acc": mmlu["acc"], "n": mmlu["n"]}
 
 
-def test_eval_mixed_static_arms_and_oracle(project: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_mixed_static_arms_and_oracle(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"profiles": [{"target": 0.3, "fractions": [0.1, 0.5]}]}))
     argv = ["eval", "--config", str(project), *MIXED, "--agent", "none", "--limit", "2"]
     argv += ["--neurons", "both", "--set", "eval.targets=[0.3]", "--set", "env.align=1"]
+    argv += ["--profile", str(profile)]
     assert main(argv) == 0
     run = Path(last_json(capsys)["run"])
     result = json.loads((run / "eval.json").read_text())
@@ -140,6 +145,8 @@ def test_eval_mixed_static_arms_and_oracle(project: Path, capsys: pytest.Capture
         assert arms[arm]["overall"] == pytest.approx(overall, rel=1e-6), arm
         assert arms[arm]["sparsity"] == pytest.approx(sparsity, rel=1e-12), arm
     assert glob["matched"] == arms["oracle"]["sparsity"]  # every arm is scored at the oracle's mean
+    # the searched profile of 0.3, moved onto the matched mean (to one neuron of 2 x 64)
+    assert arms["searched"]["sparsity"] == pytest.approx(glob["matched"], abs=1 / 128)
     assert glob["gains"]["best_static"] == "uniform" and glob["gains"]["oracle_gain"] > 0
 
 
