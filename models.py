@@ -436,12 +436,17 @@ def peek_shape(spec: str) -> tuple[int | None, int | None]:
     loading it (checks that need them run before the load); None where not on disk or named."""
     import json
 
-    src = resolve_source(spec)
-    if src.gguf_file:
-        fields = _gguf_fields(Path(src.location) / src.gguf_file)
+    if spec.startswith(PARTS_PREFIX):  # the header is at the start of the first part
+        src, header = None, resolve_parts(spec).files[0]
+    else:
+        src = resolve_source(spec)
+        header = Path(src.location) / src.gguf_file if src.gguf_file else None
+    if header is not None:
+        fields = _gguf_fields(header)
         arch = fields.get("general.architecture")
         values = (fields.get(f"{arch}.block_count"), fields.get(f"{arch}.feed_forward_length"))
     else:
+        assert src is not None
         config = Path(src.location) / "config.json"
         if not config.is_file():
             from huggingface_hub import try_to_load_from_cache
