@@ -72,8 +72,11 @@ class ModelConfig(_Section):
         return value
 
 
+MIXED_KINDS = ("wikitext", "code", "mmlu")  # kinds of input a `mixed` task draws from
+
+
 class DataConfig(_Section):
-    dataset: Literal["wikitext", "mmlu"] = "wikitext"
+    dataset: Literal["wikitext", "mmlu", "mixed"] = "wikitext"
     wikitext_path: str | None = None  # folder with wiki.{train,valid,test}.raw; None = the hub
     mmlu_path: str | None = None  # folder with MMLU test/ dev/ val/ CSVs; None = the hub
     train_split: str = "validation"  # split the agent trains on
@@ -82,11 +85,32 @@ class DataConfig(_Section):
     max_samples: int | None = Field(default=None, gt=0)  # cap on items per split
     embedding_cache: str | None = "cache/embeddings"  # cached encoder outputs; None = off
     embedding_batch_size: int = Field(default=32, gt=0)
+    # mixed only: kind -> weight in the overall figure and in training draws (weight 0 drops it)
+    kinds: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(MIXED_KINDS, 1.0))
+    code_path: str | None = None  # code corpus .json.xz; None = the shipped CPython modules
 
     @property
     def path(self) -> str | None:
         """Local folder of the configured dataset (None = the hub)."""
         return self.wikitext_path if self.dataset == "wikitext" else self.mmlu_path
+
+    @property
+    def active_kinds(self) -> dict[str, float]:
+        """Kinds of a mixed task with a positive weight, in MIXED_KINDS order."""
+        return {k: self.kinds[k] for k in MIXED_KINDS if self.kinds.get(k, 0.0) > 0}
+
+    @model_validator(mode="after")
+    def _check_kinds(self) -> DataConfig:
+        for kind, weight in self.kinds.items():
+            if kind not in MIXED_KINDS:
+                close = difflib.get_close_matches(kind, MIXED_KINDS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(MIXED_KINDS)}"
+                raise ValueError(f"data.kinds: unknown kind {kind!r}; {hint}")
+            if not weight >= 0:  # False for NaN too
+                raise ValueError(f"data.kinds.{kind}={weight} is negative; use a weight >= 0")
+        if not self.active_kinds:
+            raise ValueError("data.kinds gives every kind weight 0; give one a positive weight")
+        return self
 
 
 class EnvConfig(_Section):
@@ -115,6 +139,13 @@ class EnvConfig(_Section):
     # and is paid relative to it on the same item: -log(ppl / ppl_reference), c - c_reference
     reference: str | None = None
     radius: float = Field(default=0.2, gt=0, le=1)
+    # what a per-input policy decides and sees beyond per-layer fractions (rl/levers.py):
+    # budget: its own total sparsity, target +- budget_radius, the mean held on target by a price
+    # (eval: projected over the items); blend: per layer, context vs global neuron ranking;
+    # stats: the dense model's per-layer statistics of its context in the observation
+    levers: list[Literal["budget", "blend", "stats"]] = Field(default_factory=list)
+    budget_radius: float = Field(default=0.1, gt=0, le=0.5)
+    price_lr: float = Field(default=0.05, ge=0)  # dual ascent step of the price on sparsity
 
     @property
     def targets(self) -> tuple[float, float] | None:
@@ -149,6 +180,15 @@ class EnvConfig(_Section):
                 )
         elif self.reference is not None:
             raise ValueError("env.reference needs env.reward=budget; or set env.reference=null")
+        if self.levers and (self.reward != "budget" or self.reference is not None):
+            raise ValueError(
+                f"env.levers={self.levers} needs env.reward=budget and env.reference=null; "
+                "or set env.levers=[]"
+            )
+        if {"blend", "stats"} & set(self.levers) and self.neurons != "context":
+            raise ValueError(
+                f"env.levers={self.levers} reads context orderings: set env.neurons=context"
+            )
         return self
 
 
@@ -293,8 +333,21 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_levers(self) -> Config:
+        if "stats" in self.env.levers and self.train.devices is not None:
+            raise ValueError(
+                "env.levers=[stats] extends observations inside the environment, which GPU "
+                "workers do not share yet: set train.devices=null or drop stats"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_splits(self) -> Config:
-        valid = {"wikitext": {"train", "validation", "test"}, "mmlu": {"test", "validation", "dev"}}
+        valid = {
+            "wikitext": {"train", "validation", "test"},
+            "mmlu": {"test", "validation", "dev"},
+            "mixed": {"validation", "test"},  # validation: each kind's training part
+        }
         for key in ("train_split", "eval_split"):
             split = getattr(self.data, key)
             if split not in valid[self.data.dataset]:

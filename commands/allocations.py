@@ -33,6 +33,8 @@ ACTION_KEYS = (
     "radius",
     "align",
     "neurons",
+    "levers",
+    "budget_radius",
 )
 
 

@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
+from commands.mixed import make_mixed_task, mixed_reward
 from config import Config, ConfigError, EnvConfig, resolve_path
 from data.sources import chunk_documents
 from models import LoadedModels, load_models, model_shape
@@ -20,6 +21,7 @@ from pruning.allocation import check_align
 from pruning.importance import read_importance_json
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
+from rl.levers import LeverBandit
 from rl.reward import RewardFn, make_budget_reward, make_reward
 from rl.vec_env import BatchedPruningVecEnv, ShardedPruningVecEnv
 from scoring.metrics import PerplexityCalculator
@@ -85,6 +87,8 @@ def perplexity_calculator(cfg: Config, llm: Any, tokenizer: Any) -> PerplexityCa
 
 def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Task:
     """Token perplexity (training windows), word perplexity (documents), or MMLU correctness."""
+    if cfg.data.dataset == "mixed":
+        return make_mixed_task(cfg, llm, tokenizer, items)
     if cfg.data.dataset == "mmlu":
         return MMLUTask(mmlu_calculator(cfg, llm, tokenizer), items, cfg.env.batch_size)
     if items and hasattr(items[0], "token_ids"):  # training windows
@@ -109,6 +113,8 @@ def earlier_windows(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> list[l
 
 def make_reward_fn(cfg: Config) -> RewardFn:
     """Correctness reward for MMLU, perplexity reward for WikiText; budget or trade-off."""
+    if cfg.data.dataset == "mixed":
+        return mixed_reward(cfg)
     name = "correctness" if cfg.data.dataset == "mmlu" else "perplexity"
     if cfg.env.reward == "budget":
         return make_budget_reward(name)
@@ -121,6 +127,10 @@ def make_bandit(
     task = make_task(cfg, pruner.llm, tokenizer, items)
     action_map = pruner.action_map(cfg.env)
     criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
+    if cfg.env.levers:
+        return LeverBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg),
+                           criterion, levers=cfg.env.levers, budget_radius=cfg.env.budget_radius,
+                           price_lr=cfg.env.price_lr)  # fmt: skip
     return PruningBandit(pruner.llm, task, embeddings, action_map, make_reward_fn(cfg), criterion)
 
 

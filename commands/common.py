@@ -18,7 +18,9 @@ import torch
 import yaml
 
 from config import Config, ConfigError, DataConfig, resolve_path
+from data.code import CodeDataSource
 from data.embeddings import cached_embeddings
+from data.mixed import MixedDataSource, cap_per_kind
 from data.sources import DataSource, chunk_documents, make_data_source
 from models import LoadedModels, ModelSource, peek_shape
 from pruning.importance import importance_file_name
@@ -136,6 +138,8 @@ def importance_path(cfg: Config, llm: ModelSource) -> Path:
 
 
 def make_source(data: DataConfig, seed: int = 0) -> DataSource:
+    if data.dataset == "mixed":
+        return mixed_source(data, seed)
     path = resolve_path(data.path) if data.path else None
     if path is not None and not path.is_dir():
         key = f"data.{data.dataset}_path"
@@ -144,6 +148,18 @@ def make_source(data: DataConfig, seed: int = 0) -> DataSource:
     if data.dataset == "mmlu":  # a seeded sample across subjects, not the first subjects
         options = {"subjects": data.subjects, "max_samples": data.max_samples, "seed": seed}
     return make_data_source(data.dataset, path, **options)
+
+
+def mixed_source(data: DataConfig, seed: int = 0) -> MixedDataSource:
+    """One source per active kind of `data.kinds` (code: the shipped corpus, or data.code_path)."""
+    loaders = {}
+    for kind in data.active_kinds:
+        if kind == "code":
+            file = resolve_path(data.code_path) if data.code_path else None
+            loaders[kind] = CodeDataSource(file).load
+        else:
+            loaders[kind] = make_source(data.model_copy(update={"dataset": kind}), seed).load
+    return MixedDataSource(loaders)
 
 
 def load_split(data: DataConfig, split: str, seed: int = 0) -> list[Any]:
@@ -166,12 +182,18 @@ def check_limit(limit: int | None) -> int | None:
 def load_items(data: DataConfig, split: str, limit: int | None = None) -> list[Any]:
     """Items of one split, capped by data.max_samples and `limit` (first N)."""
     items = load_split(data, split)
+    if data.dataset == "mixed":  # the first N of each kind
+        return cap_per_kind(items, min((x for x in (data.max_samples, limit) if x), default=None))
     cap = min(x for x in (data.max_samples, limit, len(items)) if x is not None)
     return items[:cap]
 
 
 def training_items(cfg: Config, tokenizer: Any) -> list[Any]:
     """WikiText documents are cut into max_length-token windows; MMLU questions are used as is."""
+    if cfg.data.dataset == "mixed":
+        from commands.mixed import mixed_training_items  # it imports this module
+
+        return mixed_training_items(cfg, tokenizer)
     items = load_split(cfg.data, cfg.data.train_split, cfg.seed)
     if cfg.data.dataset == "wikitext":
         items = chunk_documents(items, tokenizer, cfg.env.max_length)

@@ -65,7 +65,9 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", default=None, help="agent .zip (default: eval.agent or newest)")
+    parser.add_argument(
+        "--agent", default=None, help="agent .zip (default: eval.agent or newest; mixed: none)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     parser.add_argument("--profile", default=None, help="search profile.json (eval.profile)")
     parser.add_argument(
@@ -287,6 +289,10 @@ def print_table(target: float, dense: dict, arms: dict[str, dict]) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    if cfg.data.dataset == "mixed":
+        from commands.evaluate_mixed import run_mixed  # imported here: it imports this module
+
+        return run_mixed(cfg, args)
     seed_everything(cfg.seed)
     limit = check_limit(args.limit)
     runs_dir = resolve_path(cfg.train.runs_dir)

@@ -1,0 +1,53 @@
+"""Short table of a mixed-task `eval.json`: per target and neuron choice, every arm's overall
+figure (as the % change of the geometric mean of metric / dense over kinds) and its per-kind
+numbers, and how much of the per-input oracle's gain the policy captures.
+
+    python3 bench/mixed_table.py runs/eval_<time>/eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def kind_cell(kind: str, row: dict) -> str:
+    if kind == "mmlu":
+        return f"{100 * row['acc']:.1f}%"
+    return f"{row['word_perplexity']:.2f} / {row['bits_per_byte']:.3f}"
+
+
+def table(result: dict) -> list[str]:
+    kinds = list(result["dense"])
+    names = [f"{k} (acc)" if k == "mmlu" else f"{k} (word ppl / bpb)" for k in kinds]
+    lines = ["| target | neurons | arm | sparsity | overall | " + " | ".join(names) + " |"]
+    lines.append("|---" * (4 + len(kinds)) + "|---|")
+    dense = " | ".join(kind_cell(k, result["dense"][k]) for k in kinds)
+    lines.append(f"| | | dense | 0 | 0 | {dense} |")
+    for entry in result["sweep"]:
+        for arm, row in entry["arms"].items():
+            cells = " | ".join(kind_cell(k, row["kinds"][k]) for k in kinds)
+            overall = 100 * (math.exp(row["overall"]) - 1)
+            lines.append(f"| {entry['target']} | {entry['neurons']} | {arm} | "
+                         f"{row['sparsity']:.4f} | {overall:+.2f}% | {cells} |")  # fmt: skip
+        gains = entry["gains"]
+        captured = ", ".join(f"{a} {c:.2f}" for a, c in gains["captured"].items() if c is not None)
+        lines.append(
+            f"| {entry['target']} | {entry['neurons']} | best static: {gains['best_static']}, "
+            f"oracle gain {100 * gains['oracle_gain']:.2f} log-%, captured: {captured or '-'} |"
+        )
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_file():
+        print("usage: python3 bench/mixed_table.py runs/eval_<time>/eval.json", file=sys.stderr)
+        return 2
+    print("\n".join(table(json.loads(Path(argv[0]).read_text()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

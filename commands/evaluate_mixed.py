@@ -1,0 +1,293 @@
+"""`eval` on the mixed task (`data.dataset: mixed`): every arm per kind and overall, at matched
+token-weighted mean sparsity, beside the hindsight oracle of per-input total budgets.
+
+For each target t and each neuron choice (global, context):
+1. the oracle: every item scored at the budgets t + `ORACLE_OFFSETS` (first/last-2-dense shape);
+   with hindsight, each item takes one, the cheapest set whose token-weighted mean sparsity
+   reaches t (`pruning.budgets.oracle_budgets`; cost: the item's share of the overall figure);
+   its reached mean m is reported;
+2. every other arm at exactly m: uniform, first/last-2-dense, the searched profile (`--profile`),
+   and with an agent its mean profile and its per-input allocations.
+Each row holds the per-kind summaries, the token-weighted sparsity and the overall figure
+(`scoring.mixed.overall_figure`, 0 = dense, lower is better). `--agent none`: no policy arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from commands.allocations import agent_env, read_profile
+from commands.build import Pruner, make_pruner, make_task
+from commands.common import (
+    check_limit,
+    load_items,
+    new_run_dir,
+    observations,
+    resolve_path,
+    seed_everything,
+    warn,
+    write_json,
+)
+from commands.evaluate import newest_agent
+from config import Config
+from models import LoadedModels, load_models
+from pruning.allocation import (
+    baseline_kept,
+    fractions_of,
+    mean_profile,
+    project_to_target,
+    sparsity_of,
+)
+from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
+from rl.checkpoints import check_agent, read_agent
+from rl.env import observe
+from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
+from scoring.mixed import MixedTask, kind_loss, overall_figure
+from scoring.tasks import score_task, task_orderings
+
+ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
+ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
+STATIC_ARMS = ("uniform", "ends_dense")
+
+
+class MixedEvaluator:
+    """Scores allocations of the mixed task's items; rows carry per-kind and overall figures."""
+
+    def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list) -> None:
+        self.pruner, self.n_layers = pruner, pruner.llm.n_layers
+        self.task: MixedTask = make_task(cfg, pruner.llm, models.tokenizer, items)  # type: ignore[assignment]
+        self.weights = cfg.data.active_kinds
+        self.tokens = np.array([self.task.item_tokens(i) for i in range(len(self.task))])
+        self.criterion = cfg.importance.criterion
+        self.orderings: list | None = None
+        self.context_fallbacks = 0
+        self.dense_lls, _ = self.score_lls(np.full(self.n_layers, pruner.width), False)
+        self.dense = self.task.summary(range(len(self.task)), self.dense_lls)["kinds"]
+
+    def context(self, on: bool) -> list | None:
+        if on and self.orderings is None:
+            indices = list(range(len(self.task)))
+            self.orderings, self.context_fallbacks = task_orderings(
+                self.pruner.llm, self.task, indices, self.criterion
+            )
+        return self.orderings if on else None
+
+    def score_lls(
+        self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
+    ) -> tuple[list, np.ndarray]:
+        """Log-likelihoods under kept ([n, L] or one [L]); with context neurons, `blend` [n, L]
+        mixes each item's context ranking with the global one (`rl.levers`)."""
+        kept = np.broadcast_to(kept, (len(self.task), self.n_layers))
+        indices = list(range(len(self.task)))
+        orderings = self.context(context)
+        if orderings is not None and blend is not None:
+            order = global_ordering(self.pruner.llm)
+            orderings = [
+                [blend_orderings(o, order, blend[k]) for o in item]
+                for k, item in enumerate(orderings)
+            ]
+        lls = score_task(self.pruner.llm, self.task, indices, kept, orderings)
+        return lls, kept
+
+    def row(self, lls: list, kept: np.ndarray) -> dict[str, Any]:
+        kinds = self.task.summary(range(len(self.task)), lls)["kinds"]
+        sparsity = np.asarray(sparsity_of(kept, self.pruner.width)).reshape(-1)
+        return {
+            "overall": overall_figure(kinds, self.dense, self.weights),
+            "sparsity": weighted_mean(sparsity, self.tokens),
+            "kinds": kinds,
+        }
+
+    def arm(self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None) -> dict:
+        lls, kept = self.score_lls(kept, context, blend)
+        return self.row(lls, kept)
+
+    def item_cost(self, i: int, lls: list[float]) -> float:
+        """Item i's (linearised) share of the overall figure: text, its log-likelihood over
+        its kind's words; MMLU, a wrong answer over the dense model's smoothed wrong count."""
+        kind, local = self.task.index[i]
+        share = self.weights[kind] / sum(self.weights.values())
+        sub = self.task.tasks[kind]
+        if kind == "mmlu":
+            wrong = kind_loss(kind, self.dense[kind]) * (self.dense[kind]["n"] + 1)
+            return share * (1.0 - sub.metric(local, lls)) / wrong
+        words = sum(d.word_count for d in sub.docs)
+        return -share * sum(lls) / words
+
+    def oracle(self, target: float, context: bool) -> dict[str, Any]:
+        budgets = sorted({round(min(max(target + o, 0.0), 0.95), 6) for o in ORACLE_OFFSETS})
+        width, align = self.pruner.width, self.pruner.align
+        scored = [self.score_lls(baseline_kept(ORACLE_SHAPE, b, self.n_layers, width, align),
+                                 context) for b in budgets]  # fmt: skip
+        n = len(self.task)
+        cost = np.array([[self.item_cost(i, lls[i]) for lls, _ in scored] for i in range(n)])
+        reach = np.array([sparsity_of(kept[0], width) for _, kept in scored])  # [G]
+        choice = oracle_budgets(cost, np.tile(reach, (n, 1)), self.tokens, target)
+        lls = [scored[g][0][i] for i, g in enumerate(choice)]
+        kept = np.stack([scored[g][1][i] for i, g in enumerate(choice)])
+        row = self.row(lls, kept)
+        row["budgets"] = [budgets[g] for g in choice]
+        return row
+
+
+class Policy:
+    """A trained agent's decisions on the eval items: per-layer fractions and, with its levers
+    (`rl.levers`), each item's total budget (projected so the token-weighted mean is the
+    target) and per-layer blend of context and global ranking."""
+
+    def __init__(
+        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, items: list,
+        agent: Any, warnings: list[str],
+    ) -> None:  # fmt: skip
+        env, warning = agent_env(path, cfg.env)
+        if warning:
+            warn(warning, warnings)
+        self.ev, self.levers, self.radius = ev, tuple(env.levers), env.budget_radius
+        self.action_map = ev.pruner.action_map(env)
+        obs = observations(models, cfg.data, [item.text for item in items])
+        if "stats" in self.levers:
+            features = item_features(ev.context(True), global_ordering(ev.pruner.llm))
+            obs = np.concatenate([obs, features], axis=1, dtype=np.float32)
+        self.obs = obs
+        n_actions = action_dim(ev.n_layers, self.levers)
+        self.agent = check_agent(agent, path, obs.shape[1] + self.action_map.budget, n_actions)
+
+    def arms(self, target: float, context: bool) -> dict[str, dict]:
+        """policy_mean (its mean profile and mean blend for every item) and policy_doc (each
+        item its own allocation, budget and blend), both at token-weighted mean `target`."""
+        targets = np.full(len(self.obs), target)
+        actions, _ = self.agent.predict(observe(self.obs, targets), deterministic=True)
+        layer, blend, budget = split_actions(actions, self.ev.n_layers, self.levers)
+        at_target = self.action_map.kept(layer, targets)
+        mean = mean_profile(at_target, target, self.action_map.width, self.action_map.align)
+        mean_blend = None if blend is None else np.broadcast_to(blend.mean(0), blend.shape)
+        budgets = targets
+        if budget is not None:
+            budgets = project_budgets(target + self.radius * budget, self.ev.tokens, target)
+        per_item = self.action_map.kept(layer, budgets)
+        return {
+            "policy_mean": self.ev.arm(mean, context, mean_blend),
+            "policy_doc": self.ev.arm(per_item, context, blend),
+        }
+
+
+def evaluate_mixed(
+    cfg: Config,
+    models: LoadedModels,
+    pruner: Pruner,
+    items: list,
+    agent_path: Path | None,
+    profile: str | None = None,
+    neurons: str | None = None,
+    agent: Any = None,
+) -> dict[str, Any]:
+    """agent: the agent file read before the model (`read_agent`), or None to read it here."""
+    neurons = neurons or cfg.env.neurons
+    modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
+    ev = MixedEvaluator(cfg, models, pruner, items)
+    policy, warnings = None, []
+    if agent_path is not None:
+        agent = agent if agent is not None else read_agent(agent_path)
+        policy = Policy(cfg, models, ev, agent_path, items, agent, warnings)
+    profile = profile or cfg.eval.profile
+    sweep = []
+    for target in cfg.eval.targets:
+        for context in modes:
+            suffix = "_context" if context else ""
+            arms = {"oracle": ev.oracle(target, context)}
+            matched = arms["oracle"]["sparsity"]
+            for name in STATIC_ARMS:
+                kept = baseline_kept(name, matched, ev.n_layers, pruner.width, pruner.align)
+                arms[name] = ev.arm(kept, context)
+            if profile:
+                path = Path(resolve_path(profile))
+                shape = (ev.n_layers, pruner.width, pruner.align)
+                kept = read_profile(path, shape, round(target, 6), missing_ok=True)
+                if kept is not None:  # the profile of this target, moved onto the mean
+                    fractions = fractions_of(kept, pruner.width)
+                    searched = project_to_target(fractions, matched, pruner.width, pruner.align)
+                    arms["searched"] = ev.arm(searched, context)
+            if policy is not None:
+                arms |= policy.arms(matched, context)
+            entry = {"target": target, "neurons": "context" if context else "global"}
+            entry |= {"matched": matched, "arms": {a + suffix: r for a, r in arms.items()}}
+            entry["gains"] = gains(arms)
+            sweep.append(entry)
+            print_table(entry, ev.dense)
+    result = {
+        "agent": None if agent_path is None else str(agent_path),
+        "task": "mixed",
+        "kinds": ev.weights,
+        "split": cfg.data.eval_split,
+        "max_length": cfg.env.max_length,
+        "num_items": {k: len(t) for k, t in ev.task.tasks.items()},
+        "oracle": {"shape": ORACLE_SHAPE, "offsets": list(ORACLE_OFFSETS)},
+        "neurons": neurons,
+        "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
+        "warnings": warnings,
+        "dense": ev.dense,
+        "sweep": sweep,
+    }
+    run_dir = new_run_dir(cfg, "eval")
+    write_json(run_dir / "eval.json", result)
+    print(f"wrote {run_dir / 'eval.json'}")
+    print(json.dumps({"run": str(run_dir), "sweep": headline(sweep)}))
+    return result
+
+
+def gains(arms: dict[str, dict]) -> dict[str, Any]:
+    """The best static arm, and how much of the oracle's gain over it each other arm captures
+    (fraction of the overall figure's improvement; 1 = all of it)."""
+    static = {a: arms[a]["overall"] for a in (*STATIC_ARMS, "searched") if a in arms}
+    best = min(static, key=static.get)
+    room = static[best] - arms["oracle"]["overall"]
+    captured = {
+        a: (static[best] - arms[a]["overall"]) / room if room > 0 else None
+        for a in ("policy_mean", "policy_doc")
+        if a in arms
+    }
+    return {"best_static": best, "oracle_gain": room, "captured": captured}
+
+
+def headline(sweep: list[dict]) -> list[dict]:
+    return [
+        {"target": s["target"], "matched": round(s["matched"], 4)}
+        | {a: round(r["overall"], 4) for a, r in s["arms"].items()}
+        for s in sweep
+    ]
+
+
+def print_table(entry: dict, dense: dict) -> None:
+    kinds = list(dense)
+    cols = [f"{k} {'acc' if k == 'mmlu' else 'wppl'}" for k in kinds]
+    print(f"\ntarget {entry['target']:.2f}, {entry['neurons']} neurons, matched mean sparsity "
+          f"{entry['matched']:.4f} (token-weighted)")  # fmt: skip
+    print(f"{'arm':<22}{'sparsity':>9}{'overall':>9}" + "".join(f"{c:>16}" for c in cols))
+    rows = {"dense": {"overall": 0.0, "sparsity": 0.0, "kinds": dense}, **entry["arms"]}
+    for arm, row in rows.items():
+        values = [row["kinds"][k]["acc" if k == "mmlu" else "word_perplexity"] for k in kinds]
+        print(f"{arm:<22}{row['sparsity']:>9.4f}{row['overall']:>9.4f}"
+              + "".join(f"{v:>16.4f}" for v in values))  # fmt: skip
+
+
+def run_mixed(cfg: Config, args: argparse.Namespace) -> int:
+    seed_everything(cfg.seed)
+    limit = check_limit(args.limit)
+    items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)  # before the model
+    spec = args.agent or cfg.eval.agent
+    agent_path = None
+    if spec != "none":
+        runs_dir = resolve_path(cfg.train.runs_dir)
+        agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
+        if not agent_path.is_file():
+            raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH or none")
+    agent = None if agent_path is None else read_agent(agent_path)  # before the model loads
+    models = load_models(cfg.model)
+    pruner = make_pruner(cfg, models)
+    evaluate_mixed(cfg, models, pruner, items, agent_path, args.profile, args.neurons, agent)
+    return 0

@@ -1,0 +1,86 @@
+"""Wiring of the mixed task (`data.dataset: mixed`): its items, task and reward.
+
+Evaluation items are whole pages, files and questions; training items cut pages and files into
+`env.max_length`-token windows (as WikiText training does) and keep MMLU questions whole; a
+window's context (context neurons) is the windows of its page or file before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from commands.common import load_split
+from config import Config
+from data.mixed import MixedItem, by_kind
+from data.sources import chunk_documents
+from rl.reward import RewardFn, make_budget_reward
+from scoring.metrics import PerplexityCalculator
+from scoring.mixed import MixedTask
+from scoring.mmlu import MMLULoglikelihoodCalculator
+from scoring.tasks import DocumentTask, MMLUTask, Task, WindowTask
+
+
+def mixed_training_items(cfg: Config, tokenizer: Any) -> list[MixedItem]:
+    """Windows of every training page and file, and every training question; with
+    data.max_samples, a seeded sample of that many per kind."""
+    items = load_split(cfg.data, cfg.data.train_split, cfg.seed)
+    out: list[MixedItem] = []
+    rng = np.random.default_rng(cfg.seed)
+    for kind, idx in by_kind(items).items():
+        docs = [items[i].item for i in idx]
+        units = docs if kind == "mmlu" else chunk_documents(docs, tokenizer, cfg.env.max_length)
+        if cfg.data.max_samples and len(units) > cfg.data.max_samples:
+            units = [units[i] for i in sorted(rng.permutation(len(units))[: cfg.data.max_samples])]
+        out += [MixedItem(kind, unit) for unit in units]
+    return out
+
+
+def _earlier_windows(
+    cfg: Config, tokenizer: Any, kind: str, chunks: Sequence[Any]
+) -> list[list[list[int]]]:
+    """Per training window: the token lists of the windows of its page or file before it."""
+    docs = [m.item for m in load_split(cfg.data, cfg.data.train_split, cfg.seed) if m.kind == kind]
+    by_doc: dict[int, list[list[int]]] = {}
+    for chunk in chunk_documents(docs, tokenizer, cfg.env.max_length):
+        by_doc.setdefault(chunk.doc_index, []).append(list(chunk.token_ids))
+    return [by_doc[c.doc_index][: c.chunk_index] for c in chunks]
+
+
+def make_mixed_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[MixedItem]) -> Task:
+    """One task per kind (windows or whole pages/files; MMLU questions), routed by MixedTask."""
+    env = cfg.env
+    calc = PerplexityCalculator(llm, tokenizer, env.max_length, env.prefix_token, env.batch_size)
+    tasks: dict[str, Task] = {}
+    index = []
+    for kind, idx in by_kind(items).items():
+        units = [items[i].item for i in idx]
+        if kind == "mmlu":
+            mmlu = MMLULoglikelihoodCalculator(
+                llm, tokenizer, env.mmlu_mode, 0, None, env.max_length
+            )
+            tasks[kind] = MMLUTask(mmlu, units, env.batch_size)
+        elif hasattr(units[0], "token_ids"):  # training windows
+            contexts = None
+            if env.neurons == "context":
+                contexts = _earlier_windows(cfg, tokenizer, kind, units)
+            tokens = [list(u.token_ids) for u in units]
+            tasks[kind] = WindowTask(
+                tokens, calc.prefix_token, env.max_length, env.batch_size, contexts
+            )
+        else:
+            tasks[kind] = DocumentTask(calc, units)
+        index += [(kind, j) for j in range(len(units))]
+    order = [i for idx in by_kind(items).values() for i in idx]
+    if order != list(range(len(items))):
+        raise ValueError("mixed items must come grouped by kind (as data.mixed loads them)")
+    return MixedTask(tasks, index)
+
+
+def mixed_reward(cfg: Config) -> RewardFn:
+    """-log(metric / dense metric) for every kind (MMLU: the right answer's perplexity)."""
+    if cfg.env.reward != "budget":
+        raise NotImplementedError("data.dataset=mixed trains in budget mode; set env.reward=budget")
+    return make_budget_reward("perplexity")

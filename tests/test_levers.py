@@ -1,0 +1,106 @@
+"""Per-input levers: blend of context and global rankings, context statistics in the
+observation, per-input budgets with a price on sparsity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pruning.prunable_llm import PrunableLLM
+from rl.env import ActionMap
+from rl.levers import (
+    LeverBandit,
+    action_dim,
+    blend_orderings,
+    context_features,
+    global_ordering,
+    split_actions,
+)
+from rl.reward import LogPerplexityRatioReward
+from scoring.tasks import WindowTask
+from tests.fixtures import tiny_llama
+
+N_LAYERS, D_FF, SEQ = 3, 64, 8
+
+
+@pytest.fixture(scope="module")
+def llm() -> PrunableLLM:
+    gen = torch.Generator().manual_seed(3)
+    order = torch.stack([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
+    return PrunableLLM(tiny_llama(num_hidden_layers=N_LAYERS, intermediate_size=D_FF), order)
+
+
+def test_blend_ends_are_the_two_rankings(llm: PrunableLLM) -> None:
+    glob = global_ordering(llm)
+    assert torch.equal(glob, llm.permutation)
+    ctx = torch.stack([torch.randperm(D_FF) for _ in range(N_LAYERS)]).to(torch.int16)
+    assert torch.equal(blend_orderings(ctx, glob, np.zeros(N_LAYERS)).long(), ctx.long())
+    assert torch.equal(blend_orderings(ctx, glob, np.ones(N_LAYERS)).long(), glob.long())
+    mixed = blend_orderings(ctx, glob, np.array([0.0, 1.0, 0.5]))
+    assert torch.equal(mixed[0].long(), ctx[0].long()) and torch.equal(mixed[1], glob[1].short())
+    assert sorted(mixed[2].tolist()) == list(range(D_FF))  # still a permutation
+    assert blend_orderings(None, glob, np.zeros(N_LAYERS)) is None  # no context: global order
+
+
+def test_context_features(llm: PrunableLLM) -> None:
+    glob = global_ordering(llm)
+    same = context_features(glob, glob, (0.1, 0.5))
+    assert same.shape == (2 * N_LAYERS + 1,) and same.tolist() == [1.0] * 6 + [0.0]
+    reverse = context_features(glob.flip(-1), glob, (0.1, 0.5))
+    assert reverse[:3].tolist() == [0.0] * 3 and reverse[3:6].tolist() == [0.0] * 3
+    assert context_features(None, glob, (0.1, 0.5)).tolist() == [0.0] * 6 + [1.0]
+
+
+def test_split_actions() -> None:
+    actions = np.arange(7, dtype=np.float32)[None] / 10 - 0.3  # [1, 3 + 3 + 1]
+    layer, blend, budget = split_actions(actions, 3, ["blend", "budget"])
+    assert layer.shape == (1, 3) and np.allclose(blend, [[0.5, 0.55, 0.6]])
+    assert np.allclose(budget, [0.3])
+    assert action_dim(3, ["blend", "budget"]) == 7 and action_dim(3, ["stats"]) == 3
+    assert split_actions(actions[:, :3], 3, [])[1:] == (None, None)
+
+
+def bandit(llm: PrunableLLM, levers: list[str]) -> LeverBandit:
+    gen = torch.Generator().manual_seed(5)
+    doc = [torch.randint(1, 97, (SEQ,), generator=gen).tolist() for _ in range(4)]
+    task = WindowTask(doc, 0, SEQ, 4, contexts=[doc[:i] for i in range(4)])
+    emb = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    action_map = ActionMap(N_LAYERS, D_FF, 8, (0.3, 0.3))
+    return LeverBandit(
+        llm, task, emb, action_map, LogPerplexityRatioReward(), "mean_abs_activation",
+        levers=levers, budget_radius=0.2, price=2.0, price_lr=1.0,
+    )  # fmt: skip
+
+
+def test_lever_bandit_budgets_blend_stats_and_price(llm: PrunableLLM) -> None:
+    env = bandit(llm, ["budget", "blend", "stats"])
+    assert env.embeddings.shape == (4, 5 + 3 * N_LAYERS + 1)  # embedding + statistics + flag
+    assert env.embeddings[0, -1] == 1.0 and env.embeddings[1:, -1].tolist() == [0.0] * 3
+    assert env.action_space.shape == (2 * N_LAYERS + 1,)
+    idx, targets = np.arange(4), np.full(4, 0.3)
+    actions = np.zeros((4, 2 * N_LAYERS + 1), dtype=np.float32)
+    actions[:, -1] = [-1.0, -1.0, 1.0, 1.0]  # budgets 0.1, 0.1, 0.5, 0.5: mean on target
+    rewards, infos = env.step(idx, targets, actions)
+    sparsity = np.array([i["sparsity"] for i in infos])
+    assert np.allclose(sparsity, [2 / 24, 2 / 24, 0.5, 0.5])  # 24 align-8 blocks in all
+    base = LogPerplexityRatioReward()
+    for k, info in enumerate(infos):  # quality plus the price on sparsity above target
+        quality = base(info["metric"], info["dense_metric"], info["sparsity"])
+        assert rewards[k] == pytest.approx(quality + 2.0 * (sparsity[k] - 0.3), abs=1e-6)
+    assert env.price == pytest.approx(2.0 + (0.3 - sparsity.mean()))  # dual ascent
+    actions[:, -1] = -1.0  # everyone below target: the price rises
+    env.step(idx, targets, actions)
+    assert env.price > 2.0 + (0.3 - sparsity.mean())
+    assert not llm.is_pruned
+
+
+def test_lever_bandit_needs_dense_relative_rewards(llm: PrunableLLM) -> None:
+    with pytest.raises(ValueError, match="context neurons"):
+        gen = torch.Generator().manual_seed(5)
+        doc = [torch.randint(1, 97, (SEQ,), generator=gen).tolist() for _ in range(2)]
+        LeverBandit(
+            llm, WindowTask(doc, 0, SEQ), np.zeros((2, 3), np.float32),
+            ActionMap(N_LAYERS, D_FF, 8, (0.3, 0.3)), LogPerplexityRatioReward(), None,
+            levers=["blend"],
+        )  # fmt: skip

@@ -1,0 +1,175 @@
+"""The mixed task: config checks, per-kind scoring through the one scoring path, the overall
+figure, per-input budgets (batch projection, hindsight oracle) and `eval` on the tiny project."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.mixed import MixedDataSource, MixedItem, cap_per_kind
+from main import main
+from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
+from scoring.mixed import answer_perplexity, kind_loss, overall_figure
+from tests.fixtures import fails_cleanly, last_json, make_tiny_project
+
+MIXED = ["--set", "data.dataset=mixed"]
+REL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_project(tmp_path_factory.mktemp("mixed"))
+
+
+def test_answer_perplexity_and_overall_figure() -> None:
+    assert answer_perplexity([0.0, 0.0, 0.0, 0.0], 2) == pytest.approx(4.0)  # chance
+    assert answer_perplexity([-1.0, -30.0, -30.0, -30.0], 0) == pytest.approx(1.0, abs=1e-11)
+    assert kind_loss("mmlu", {"acc": 1.0, "n": 9}) == pytest.approx(0.05)  # smoothed: 0.5 / 10
+    assert kind_loss("code", {"word_perplexity": 7.5}) == 7.5
+    dense = {"wikitext": {"word_perplexity": 10.0}, "mmlu": {"acc": 0.5, "n": 3}}
+    arm = {"wikitext": {"word_perplexity": 20.0}, "mmlu": {"acc": 0.0, "n": 3}}
+    # wikitext log 2 (weight 1); mmlu log(3.5/4 / (2/4)) (weight 3)
+    want = (math.log(2.0) + 3 * math.log(3.5 / 2.0)) / 4
+    assert overall_figure(arm, dense, {"wikitext": 1.0, "mmlu": 3.0}) == pytest.approx(want)
+    assert overall_figure(dense, dense, {"wikitext": 1.0, "mmlu": 1.0}) == 0.0
+
+
+def test_project_budgets_holds_the_token_weighted_mean() -> None:
+    raw, tokens = np.array([0.1, 0.5, 0.9, 0.3]), np.array([10, 100, 5, 40])
+    out = project_budgets(raw, tokens, 0.3)
+    assert weighted_mean(out, tokens) == pytest.approx(0.3, abs=1e-9)
+    shift = out[1] - raw[1]
+    assert out[3] - raw[3] == pytest.approx(shift) and out[2] == pytest.approx(raw[2] + shift)
+    assert out[0] == 0.0 and shift == pytest.approx(-0.1379310345)  # clipped at 0
+    with pytest.raises(ValueError, match="outside"):
+        project_budgets(raw, tokens, 0.99)
+
+
+def test_oracle_budgets_spends_sparsity_where_it_is_cheap() -> None:
+    sparsity = np.tile([0.2, 0.3, 0.4], (2, 1))
+    cost = np.array([[0.0, 0.0, 0.01], [0.0, 1.0, 2.0]])  # item 0 hardly cares, item 1 does
+    choice = oracle_budgets(cost, sparsity, np.array([1, 1]), 0.3)
+    assert choice.tolist() == [2, 0]  # 0.4 and 0.2: mean 0.3 at cost 0.01 (vs 1.0 at 0.3, 0.3)
+    heavy = oracle_budgets(cost, sparsity, np.array([1, 3]), 0.3)  # item 1 weighs 3x
+    assert weighted_mean(sparsity[[0, 1], heavy], np.array([1, 3])) >= 0.3 - 1e-12
+
+
+def test_mixed_source_refuses_an_empty_kind_and_caps_per_kind() -> None:
+    source = MixedDataSource({"wikitext": lambda split: [split] * 3, "code": lambda _: []})
+    with pytest.raises(ValueError, match="kind 'code' has no items in split 'test'"):
+        source.load("test")
+    items = [MixedItem("a", i) for i in range(5)] + [MixedItem("b", i) for i in range(2)]
+    assert [(m.kind, m.item) for m in cap_per_kind(items, 2)] == [
+        ("a", 0), ("a", 2), ("b", 0), ("b", 1),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "data.kinds={wikitxt: 1}"], "unknown kind 'wikitxt'; did you mean 'wikitext'?"),
+        (["--set", "data.kinds={code: -1, wikitext: 1}"], "data.kinds.code=-1.0 is negative"),
+        (["--set", "data.kinds={code: 0}"], "every kind weight 0"),
+        (["--set", "data.eval_split=train"], "is not a mixed split"),
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "eval", "train"])
+def test_bad_mixed_input_is_one_line_exit_2(
+    project: Path, capsys: pytest.CaptureFixture, command: str, extra: list[str], message: str
+) -> None:
+    argv = [command, "--config", str(project), *MIXED, *extra]
+    fails_cleanly(capsys, argv, message, project)
+
+
+def test_code_corpus_with_other_checksum_is_refused(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    bad = tmp_path / "corpus.json.xz"
+    bad.write_bytes(lzma.compress(b'{"release": "x", "files": []}'))
+    for command in ("score", "eval"):
+        argv = [command, "--config", str(project), *MIXED, "--set", f"data.code_path={bad}"]
+        fails_cleanly(capsys, argv, "SHA-256", project)
+
+
+def test_each_kind_scores_as_its_own_task(project: Path, capsys: pytest.CaptureFixture) -> None:
+    """WikiText and MMLU inside the mixed task give exactly the single-task numbers."""
+    kinds = ["--set", "data.kinds={wikitext: 1, mmlu: 1}"]
+    for allocation in ("dense", "uniform:0.5"):
+        assert main(["score", "--config", str(project), *MIXED, *kinds, allocation]) == 0
+        mixed = last_json(capsys)["kinds"]
+        assert main(["score", "--config", str(project), allocation]) == 0
+        wiki = last_json(capsys)
+        assert (
+            main(["score", "--config", str(project), "--set", "data.dataset=mmlu", allocation]) == 0
+        )
+        mmlu = last_json(capsys)
+        w = mixed["wikitext"]
+        assert w["word_perplexity"] == pytest.approx(wiki["word_perplexity"], rel=REL)
+        assert w["bits_per_byte"] == pytest.approx(wiki["bits_per_byte"], rel=REL)
+        assert mixed["mmlu"] == {"acc": mmlu["acc"], "n": mmlu["n"]}
+
+
+def test_eval_mixed_static_arms_and_oracle(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"profiles": [{"target": 0.3, "fractions": [0.1, 0.5]}]}))
+    argv = ["eval", "--config", str(project), *MIXED, "--agent", "none", "--limit", "2"]
+    argv += ["--neurons", "both", "--set", "eval.targets=[0.3]", "--set", "env.align=1"]
+    argv += ["--profile", str(profile)]
+    assert main(argv) == 0
+    run = Path(last_json(capsys)["run"])
+    result = json.loads((run / "eval.json").read_text())
+    assert result["num_items"] == {"wikitext": 2, "code": 2, "mmlu": 2}
+    assert result["context_fallbacks"] == 4  # the first window of each page and file
+    dense = result["dense"]
+    assert dense["wikitext"]["word_perplexity"] == pytest.approx(20.705274572467232, rel=REL)
+    assert dense["code"]["word_perplexity"] == pytest.approx(29.0107119243672, rel=REL)
+    assert dense["code"]["bits_per_byte"] == pytest.approx(0.5687375540905119, rel=REL)
+    assert dense["mmlu"] == {"acc": 1.0, "n": 2}
+    glob, context = result["sweep"]
+    assert glob["arms"]["oracle"]["budgets"] == [0.35, 0.2, 0.25, 0.4, 0.4, 0.4]
+    want = {  # arm: (overall figure, token-weighted sparsity)
+        "oracle": (-0.001168311820711182, 0.34803240740740743),
+        "uniform": (-0.0008085762904556302, 0.3515625),
+        "oracle_context": (-0.0001528881200023558, 0.36417824074074073),
+        "uniform_context": (-7.188125316881192e-05, 0.3671875),
+    }
+    arms = glob["arms"] | context["arms"]
+    for arm, (overall, sparsity) in want.items():
+        assert arms[arm]["overall"] == pytest.approx(overall, rel=1e-6), arm
+        assert arms[arm]["sparsity"] == pytest.approx(sparsity, rel=1e-12), arm
+    assert glob["matched"] == arms["oracle"]["sparsity"]  # every arm is scored at the oracle's mean
+    # the searched profile of 0.3, moved onto the matched mean (to one neuron of 2 x 64)
+    assert arms["searched"]["sparsity"] == pytest.approx(glob["matched"], abs=1 / 128)
+    assert glob["gains"]["best_static"] == "searched"
+
+
+def test_train_and_eval_with_levers(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    sets = [*MIXED, "--set", f"train.runs_dir={tmp_path}", "--set", "env.neurons=context"]
+    sets += ["--set", "env.levers=[budget,blend,stats]", "--set", "env.align=1"]
+    argv = ["train", "--config", str(project), *sets, "--set", "data.max_samples=4"]
+    assert main(argv) == 0
+    argv = ["eval", "--config", str(project), *sets, "--limit", "2", "--set", "eval.targets=[0.3]"]
+    assert main(argv) == 0
+    result = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    (entry,) = result["sweep"]
+    arms = entry["arms"]
+    assert set(arms) == {
+        f"{a}_context" for a in ("oracle", "uniform", "ends_dense", "policy_mean", "policy_doc")
+    }
+    # per-input budgets projected onto the oracle's token-weighted mean, to within one neuron
+    assert arms["policy_doc_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
+    assert set(entry["gains"]["captured"]) == {"policy_mean", "policy_doc"}
+
+
+def test_levers_need_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--config", str(project), *MIXED, "--set", "env.levers=[blend]"]
+    fails_cleanly(capsys, argv, "reads context orderings: set env.neurons=context", project)
