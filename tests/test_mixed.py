@@ -147,7 +147,10 @@ def test_eval_mixed_static_arms_and_oracle(
     assert glob["matched"] == arms["oracle"]["sparsity"]  # every arm is scored at the oracle's mean
     # the searched profile of 0.3, moved onto the matched mean (to one neuron of 2 x 64)
     assert arms["searched"]["sparsity"] == pytest.approx(glob["matched"], abs=1 / 128)
-    assert glob["gains"]["best_static"] == "searched"
+    assert arms["searched"]["overall"] == pytest.approx(-0.0007033823288763825, rel=1e-6)
+    assert arms["searched_context"]["overall"] == pytest.approx(0.00019434664360943246, rel=1e-6)
+    static = ("uniform", "ends_dense", "searched")
+    assert glob["gains"]["best_static"] == min(static, key=lambda a: arms[a]["overall"])
 
 
 def test_train_and_eval_with_levers(
