@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import common as cm  # noqa: E402
 
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
-from tests.fixtures import make_tiny_project  # noqa: E402
+from tiny import make_tiny_project  # noqa: E402
 
 ARCH = {  # SmolLM2-135M
     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

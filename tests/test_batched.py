@@ -12,20 +12,9 @@ from scoring.batched import score_samples
 from scoring.metrics import score_requests
 from scoring.tasks import WindowTask
 from scoring.windows import rolling_windows
-from tests.fixtures import tiny_llama
+from tests.fixtures import snapshot, tiny_llm
 
-N_LAYERS, D_FF, DIM = 3, 64, 5
-
-
-def tiny_llm(seed: int = 0) -> PrunableLLM:
-    gen = torch.Generator().manual_seed(1)
-    orderings = torch.stack([torch.randperm(D_FF, generator=gen) for _ in range(N_LAYERS)])
-    model = tiny_llama(seed, vocab_size=97, max_position_embeddings=128, initializer_range=0.2)
-    return PrunableLLM(model, orderings)
-
-
-def snapshot(llm: PrunableLLM) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in llm.parameters()]
+N_LAYERS, D_FF, DIM = 3, 64, 5  # tiny_llm: 3 layers, MLP width 64
 
 
 def test_batched_scores_equal_pruned_path() -> None:

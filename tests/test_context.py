@@ -12,7 +12,9 @@ from scoring.batched import score_samples
 from scoring.metrics import score_requests
 from scoring.tasks import DocumentTask, WindowTask, task_orderings
 from scoring.windows import rolling_windows
-from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
+from tests.fixtures import snapshot, tiny_llm
+
+N_LAYERS, D_FF = 3, 64  # tiny_llm's shape
 
 
 def original_mask(llm: object, order: torch.Tensor | None, kept: int, layer: int) -> torch.Tensor:

@@ -25,7 +25,15 @@ from pruning.allocation import kept_counts, mean_profile, project_to_target
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
 from scoring.metrics import PerplexityCalculator
-from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
+from tests.fixtures import (
+    D_FF,
+    N_LAYERS,
+    fails_cleanly,
+    lm_eval_word_perplexity,
+    make_tiny_project,
+    runs,
+    tiny_llama,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = 32  # of the tiny project's LLM
@@ -339,36 +347,6 @@ def test_bench_export_tiny(tmp_path: Path) -> None:
 
 
 # ---- lm-evaluation-harness loads the export and scores what `score` scores -----------------------
-
-
-def lm_eval_word_perplexity(model_dir: Path, pages: list[str], max_length: int, tmp: Path) -> float:
-    """lm-eval's own `wikitext` task (only the dataset swapped for `pages`) through model='hf'."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    data = tmp / "test.jsonl"
-    data.write_text("".join(json.dumps({"page": page}) + "\n" for page in pages))
-    task_yaml = tmp / "wikitext_local.yaml"
-    override = {
-        "include": str(Path(lm_eval.__file__).parent / "tasks" / "wikitext" / "wikitext.yaml"),
-        "task": "wikitext_local",
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp / "hf")},
-        "training_split": None,
-        "validation_split": None,
-    }
-    task_yaml.write_text(yaml.safe_dump(override))
-    tasks = TaskManager().load([str(task_yaml)])["tasks"]
-    args = f"pretrained={model_dir},trust_remote_code=True,max_length={max_length},dtype=float32"
-    out = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=args,
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        tasks=list(tasks.values()),
-        bootstrap_iters=0,
-    )
-    return float(out["results"]["wikitext_local"]["word_perplexity,none"])
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ from main import main
 from pruning.allocation import keep_masks
 from pruning.context_importance import context_orderings
 from pruning.generation import generate_narrowed
-from tests.fixtures import fails_cleanly, make_tiny_project
-from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
+from tests.fixtures import fails_cleanly, make_tiny_project, snapshot, tiny_llm
+
+N_LAYERS, D_FF = 3, 64  # tiny_llm's shape
 
 DENSE = np.full(N_LAYERS, D_FF)  # nothing pruned
 

@@ -14,7 +14,7 @@ import torch
 from config import load_config
 from main import main
 from models import dequantized_folder, load_models, resolve_source
-from tests.test_export import lm_eval_word_perplexity
+from tests.fixtures import lm_eval_word_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "smollm2-135m.yml"
