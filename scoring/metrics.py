@@ -1,14 +1,15 @@
 """Log-likelihood scoring and WikiText perplexity that agree with lm-evaluation-harness.
 
-`score_requests` is the batched scoring engine (shared with `scoring.mmlu`); `PerplexityCalculator`
-reproduces lm-eval's `wikitext` task (rolling windows of `HFLM.loglikelihood_rolling`, word/byte
-perplexity aggregated over the corpus). The window arithmetic lives in `scoring.windows`.
+`score_requests` is the batched scoring engine under `scoring.batched.score_samples`;
+`PerplexityCalculator` holds what lm-eval's `wikitext` task does around it: the rolling windows
+of `HFLM.loglikelihood_rolling` and the word/byte perplexity aggregated over the corpus
+(`scoring.tasks.DocumentTask` scores through it). The window arithmetic lives in `scoring.windows`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -17,11 +18,9 @@ import torch.nn.functional as F
 from scoring.windows import (
     Window,
     aggregate,
-    byte_count,
     model_input,
     rolling_windows,
     token_perplexity,
-    word_count,
 )
 
 PrefixRule = Literal["bos", "eos"]
@@ -59,13 +58,6 @@ def encode_document(tokenizer: Any, text: str, prefix_token: int) -> list[int]:
     if text.startswith(tokenizer.decode(prefix_token)):  # lm-eval's has_bos_prefix
         return list(tokenizer.encode(text, add_special_tokens=False))
     return list(tokenizer.encode(text))
-
-
-def item_field(item: Mapping[str, Any] | Any, name: str, default: Any = None) -> Any:
-    """Read `name` from a dict item or a dataclass item (data.sources uses frozen dataclasses)."""
-    if isinstance(item, Mapping):
-        return item.get(name, default)
-    return getattr(item, name, default)
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -229,53 +221,17 @@ class PerplexityCalculator:
     def windows(self, text: str) -> list[Window]:
         return rolling_windows(self.tokens(text), self.prefix_token, self.max_length)
 
-    def loglikelihood(self, texts: Sequence[str]) -> list[tuple[float, int]]:
-        """(sum log-likelihood, tokens scored) per text; an empty text scores (0.0, 0)."""
-        requests: list[Window] = []
-        owner: list[int] = []
-        for i, text in enumerate(texts):
-            windows = self.windows(text)
-            if not windows:
-                warnings.warn(
-                    f"text {i} has no tokens: log-likelihood 0 over 0 tokens", stacklevel=2
-                )
-            requests += windows
-            owner += [i] * len(windows)
-        scores = score_requests(self.model, requests, self.batch_size, self.max_length)
-        sums = [0.0] * len(texts)
-        for i, score in zip(owner, scores, strict=True):
-            sums[i] += score
-        return [(sums[i], len(self.tokens(t))) for i, t in enumerate(texts)]
-
-    def evaluate(self, docs: Sequence[Mapping[str, Any] | Any]) -> dict[str, float | int]:
-        """Corpus word/byte perplexity and bits/byte, as lm-eval's `wikitext` task.
-
-        Each doc needs `text` (what the model reads) and either `word_count` + `byte_count` or
-        `original_text` (counts are taken on the original page, never on `text`). An empty
-        document adds 0 log-likelihood but still its words, as in lm-eval.
-        """
-        if not docs:
-            raise ValueError("evaluate() needs at least one document")
-        results = self.loglikelihood([item_field(d, "text") for d in docs])
-        return self.corpus_metrics(docs, [ll for ll, _ in results])
-
     def corpus_metrics(
-        self, docs: Sequence[Mapping[str, Any] | Any], loglik_sums: Sequence[float]
+        self, docs: Sequence[Any], loglik_sums: Sequence[float]
     ) -> dict[str, float | int]:
-        """lm-eval's corpus aggregation of per-document log-likelihood sums (see `evaluate`)."""
-        words, n_bytes = zip(*(_doc_counts(d) for d in docs), strict=True)
-        n_tokens = [len(self.tokens(item_field(d, "text"))) for d in docs]
+        """lm-eval's `wikitext` aggregation of per-document log-likelihood sums: word and byte
+        perplexity over the corpus. Each doc (`data.sources.WikiDocument`) brings its `text`
+        (what the model reads) and `word_count` / `byte_count` (counted on the original page,
+        never on `text`); an empty document adds 0 log-likelihood but still its words."""
+        words = [d.word_count for d in docs]
+        n_bytes = [d.byte_count for d in docs]
+        n_tokens = [len(self.tokens(d.text)) for d in docs]
         metrics: dict[str, float | int] = dict(aggregate(loglik_sums, words, n_bytes))
         metrics["token_perplexity"] = token_perplexity(loglik_sums, n_tokens)
         metrics.update(max_length=self.max_length, num_docs=len(docs), num_tokens=sum(n_tokens))
         return metrics
-
-
-def _doc_counts(doc: Mapping[str, Any] | Any) -> tuple[int, int]:
-    words, n_bytes = item_field(doc, "word_count"), item_field(doc, "byte_count")
-    if words is not None and n_bytes is not None:
-        return int(words), int(n_bytes)
-    original = item_field(doc, "original_text")
-    if original is None:
-        raise ValueError("a document needs word_count and byte_count, or original_text")
-    return word_count(original), byte_count(original)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import torch
 
-from scoring.metrics import item_field, score_requests
 from scoring.windows import Window
 
 MMLUMode = Literal["choice_text", "letter"]
@@ -24,6 +23,13 @@ TARGET_DELIMITER = " "  # lm-eval's default between "Answer:" and the choice
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default after each few-shot answer
 
 Item = Mapping[str, Any] | Any  # dict or data.sources.MMLUQuestion
+
+
+def item_field(item: Item, name: str, default: Any = None) -> Any:
+    """Read `name` from a dict item or a dataclass item (data.sources uses frozen dataclasses)."""
+    if isinstance(item, Mapping):
+        return item.get(name, default)
+    return getattr(item, name, default)
 
 
 def subject_description(subject: str) -> str:
@@ -68,7 +74,8 @@ def encode_pair(
 
 
 class MMLULoglikelihoodCalculator:
-    """Scores MMLU items: the 4 choices of an item go through one batched forward pass.
+    """MMLU items as scoring requests (`requests`) and verdicts (`judge`); `scoring.tasks.MMLUTask`
+    scores them, the 4 choices of an item sharing one forward row where their inputs agree.
 
     Encodings are cached per item (the RL env scores the same items many times). `max_length`
     left-truncates long prompts like lm-eval (None: no truncation). `add_special_tokens=None`
@@ -137,6 +144,7 @@ class MMLULoglikelihoodCalculator:
         return self._cache[key]
 
     def judge(self, item: Item, requests: Sequence[Window], logliks: list[float]) -> dict:
+        """correct (bool), pred (0-3), logliks (raw sums per choice, before any normalization)."""
         scores = logliks
         if self.mode == "choice_text":
             scores = [ll / len(cont) for ll, (_, cont) in zip(logliks, requests, strict=True)]
@@ -146,23 +154,3 @@ class MMLULoglikelihoodCalculator:
             "pred": pred,
             "logliks": logliks,
         }
-
-    def score(self, item: Item) -> dict[str, Any]:
-        """correct (bool), pred (0-3), logliks (raw sums per choice, before any normalization)."""
-        requests = self.requests(item)
-        logliks = score_requests(self.model, requests, len(requests), self.max_length)
-        return self.judge(item, requests, logliks)
-
-    def evaluate(self, items: Sequence[Item], batch_size: int = 8) -> dict[str, float | int]:
-        """Mean accuracy; `batch_size` forward rows shared across items."""
-        if not items:
-            raise ValueError("evaluate() needs at least one item")
-        per_item = [self.requests(item) for item in items]
-        flat = [r for reqs in per_item for r in reqs]
-        logliks = score_requests(self.model, flat, batch_size, self.max_length)
-        n_correct, start = 0, 0
-        for item, reqs in zip(items, per_item, strict=True):
-            verdict = self.judge(item, reqs, logliks[start : start + len(reqs)])
-            n_correct += verdict["correct"]
-            start += len(reqs)
-        return {"acc": n_correct / len(items), "n": len(items)}

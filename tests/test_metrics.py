@@ -10,9 +10,20 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from data.sources import WikiDocument, make_wiki_document
+from pruning.allocation import dense_kept
+from pruning.prunable_llm import PrunableLLM
 from scoring.metrics import PerplexityCalculator, resolve_prefix_token, score_requests
 from scoring.mmlu import MMLULoglikelihoodCalculator, encode_pair, letter_context
-from scoring.windows import aggregate, model_input, rolling_windows, safe_exp, word_count
+from scoring.tasks import DocumentTask, MMLUTask, Task, score_allocation, score_task
+from scoring.windows import (
+    aggregate,
+    byte_count,
+    model_input,
+    rolling_windows,
+    safe_exp,
+    word_count,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
@@ -73,6 +84,25 @@ def hand_loglik(model: LlamaForCausalLM, prefix: int, tokens: list[int]) -> floa
         logits = model(torch.tensor([[prefix] + tokens[:-1]])).logits[0]  # [T, V]
         logp = torch.log_softmax(logits.double(), dim=-1)
         return float(logp[torch.arange(len(tokens)), torch.tensor(tokens)].sum())
+
+
+def dense_scores(
+    model: LlamaForCausalLM, task: Task, indices: list[int] | None = None
+) -> list[list[float]]:
+    """Log-likelihoods of each item's requests through the project's scoring path, dense."""
+    llm = PrunableLLM(model)
+    indices = list(range(len(task))) if indices is None else indices
+    return score_task(llm, task, indices, dense_kept(llm.n_layers, llm.intermediate_size))
+
+
+def documents(texts: list[str]) -> list[WikiDocument]:
+    """Documents whose text is exactly `texts` (no detokenization), counted on that text."""
+    return [WikiDocument(t, t, word_count(t), byte_count(t)) for t in texts]
+
+
+def doc_logliks(model: LlamaForCausalLM, calc: PerplexityCalculator, texts: list[str]) -> list:
+    """Summed log-likelihood per text: a DocumentTask scored dense."""
+    return [sum(ll) for ll in dense_scores(model, DocumentTask(calc, documents(texts)))]
 
 
 # --- windows ---------------------------------------------------------------------------------
@@ -146,20 +176,19 @@ def test_overflow_is_inf_with_warning() -> None:
 
 def test_short_docs_equal_single_forward(model: LlamaForCausalLM, tokenizer) -> None:
     calc = PerplexityCalculator(model, tokenizer, max_length=200, batch_size=4)
-    results = calc.loglikelihood(DOCS)
-    for text, (ll, n) in zip(DOCS, results, strict=True):
+    for text, ll in zip(DOCS, doc_logliks(model, calc, DOCS), strict=True):
         tokens = tokenizer.encode(text, add_special_tokens=False)
-        assert n == len(tokens)
+        assert calc.tokens(text) == tokens
         assert ll == pytest.approx(hand_loglik(model, tokenizer.bos_token_id, tokens), abs=1e-4)
 
 
 def test_batched_equals_one_by_one(model: LlamaForCausalLM, tokenizer) -> None:
     batched = PerplexityCalculator(model, tokenizer, max_length=32, batch_size=8)
-    single = PerplexityCalculator(model, tokenizer, max_length=32, batch_size=1)
-    got = batched.loglikelihood(DOCS)
-    want = [single.loglikelihood([d])[0] for d in DOCS]
-    assert [n for _, n in got] == [n for _, n in want]
-    torch.testing.assert_close([ll for ll, _ in got], [ll for ll, _ in want], atol=1e-4, rtol=0)
+    single = DocumentTask(PerplexityCalculator(model, tokenizer, 32, batch_size=1), documents(DOCS))
+    got = dense_scores(model, DocumentTask(batched, documents(DOCS)))  # per doc, per window
+    want = [dense_scores(model, single, [i])[0] for i in range(len(DOCS))]
+    assert [len(ll) for ll in got] == [len(ll) for ll in want] == [2, 1, 5, 1]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
 def test_equals_lm_eval_rolling(model: LlamaForCausalLM, tokenizer) -> None:
@@ -169,8 +198,8 @@ def test_equals_lm_eval_rolling(model: LlamaForCausalLM, tokenizer) -> None:
     lm = hf.HFLM(pretrained=model, tokenizer=tokenizer, max_length=8, batch_size=3)
     requests = [Instance("loglikelihood_rolling", {}, (d,), 0) for d in DOCS]
     theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
-    ours = PerplexityCalculator(model, tokenizer, max_length=8).loglikelihood(DOCS)
-    torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
+    ours = doc_logliks(model, PerplexityCalculator(model, tokenizer, max_length=8), DOCS)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
 def bos_tokenizer() -> PreTrainedTokenizerFast:
@@ -199,8 +228,8 @@ def test_default_encoding_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> No
     assert calc.tokens("<s>x") == tok.encode("<s>x", add_special_tokens=False)  # no second BOS
     requests = [Instance("loglikelihood_rolling", {}, (d,), 0) for d in BOS_DOCS]
     theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
-    ours = calc.loglikelihood(BOS_DOCS)
-    torch.testing.assert_close([ll for ll, _ in ours], theirs, atol=1e-4, rtol=0)
+    ours = doc_logliks(model, calc, BOS_DOCS)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     plain = PerplexityCalculator(model, tok, max_length=8, add_special_tokens=False)
     assert plain.tokens("ab") == tok.encode("ab", add_special_tokens=False)
 
@@ -234,31 +263,30 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
     assert task.metric(0, lls[0]) == pytest.approx(word_ppl, rel=1e-4)
 
 
-def test_evaluate_counts_on_original_text(model: LlamaForCausalLM, tokenizer) -> None:
-    docs = [{"text": "a b", "original_text": " a  b \n"}, {"text": "cd", "original_text": "cd"}]
-    calc = PerplexityCalculator(model, tokenizer, max_length=4)
-    got = calc.evaluate(docs)
-    lls = [ll for ll, _ in calc.loglikelihood(["a b", "cd"])]
-    assert got["word_perplexity"] == pytest.approx(math.exp(-sum(lls) / (4 + 1)))
-    assert got["byte_perplexity"] == pytest.approx(math.exp(-sum(lls) / (7 + 2)))
-    assert got["token_perplexity"] == pytest.approx(math.exp(-sum(lls) / 5))
-    assert (got["num_docs"], got["num_tokens"], got["max_length"]) == (2, 5, 4)
-    with pytest.raises(ValueError, match="original_text"):
-        calc.evaluate([{"text": "a"}])
+def test_summary_counts_on_original_page(model: LlamaForCausalLM, tokenizer) -> None:
+    docs = [make_wiki_document(" a  b \n"), make_wiki_document("cd")]
+    assert docs[0].text == " a  b\n"  # detokenized: the model reads 6 bytes, the page has 7
+    task = DocumentTask(PerplexityCalculator(model, tokenizer, max_length=4), docs)
+    total = sum(sum(ll) for ll in dense_scores(model, task))
+    llm = PrunableLLM(model)
+    got = score_allocation(llm, task, dense_kept(llm.n_layers, llm.intermediate_size))
+    assert got["word_perplexity"] == pytest.approx(math.exp(-total / (4 + 1)))
+    assert got["byte_perplexity"] == pytest.approx(math.exp(-total / (7 + 2)))
+    assert got["token_perplexity"] == pytest.approx(math.exp(-total / (6 + 2)))
+    assert (got["num_docs"], got["num_tokens"], got["max_length"]) == (2, 8, 4)
+    assert got["sparsity"] == 0.0
 
 
 def test_empty_and_one_token_docs(model: LlamaForCausalLM, tokenizer) -> None:
-    calc = PerplexityCalculator(model, tokenizer, max_length=4)
-    with pytest.warns(UserWarning, match="no tokens"):
-        got = calc.loglikelihood(["", "z"])
-    assert got[0] == (0.0, 0)
+    task = DocumentTask(PerplexityCalculator(model, tokenizer, max_length=4), documents(["", "z"]))
+    lls = dense_scores(model, task)
+    assert lls[0] == []  # no tokens, no windows: log-likelihood 0
     z = tokenizer.encode("z", add_special_tokens=False)
-    assert got[1][0] == pytest.approx(hand_loglik(model, tokenizer.bos_token_id, z), abs=1e-5)
-    docs = [{"text": "", "original_text": ""}, {"text": "z", "original_text": "z"}]
-    with pytest.warns(UserWarning):
-        metrics = calc.evaluate(docs)
+    assert sum(lls[1]) == pytest.approx(hand_loglik(model, tokenizer.bos_token_id, z), abs=1e-5)
+    metrics = task.summary([0, 1], lls)
     # lm-eval: the empty page adds 0 log-likelihood but re.split still counts 1 "word"
-    assert metrics["word_perplexity"] == pytest.approx(math.exp(-got[1][0] / 2))
+    assert metrics["word_perplexity"] == pytest.approx(math.exp(-sum(lls[1]) / 2))
+    assert task.metric(0, lls[0]) == 1.0
 
 
 def test_prefix_fallbacks() -> None:
@@ -303,15 +331,19 @@ def test_mmlu_batched_equals_separate(model: LlamaForCausalLM, tokenizer, mode: 
         assert context == ITEM["text"] and continuations == [" 3", " 4", " five", " 22"]
     else:
         assert continuations == [" A", " B", " C", " D"]
-    got = calc.score(ITEM)
+    task = MMLUTask(calc, [ITEM, ITEM])
+    lls = dense_scores(model, task)
+    got = calc.judge(ITEM, calc.requests(ITEM), lls[0])
     separate = [score_requests(model, [r], 1)[0] for r in calc.requests(ITEM)]
     torch.testing.assert_close(got["logliks"], separate, atol=1e-4, rtol=0)
+    assert lls[1] == lls[0]
     scores = got["logliks"]
     if mode == "choice_text":
         scores = [ll / len(c) for ll, (_, c) in zip(scores, calc.requests(ITEM), strict=True)]
     assert got["pred"] == max(range(4), key=scores.__getitem__)
     assert got["correct"] == (got["pred"] == 1)
-    assert calc.evaluate([ITEM, ITEM]) == {"acc": float(got["correct"]), "n": 2}
+    assert task.metric(0, lls[0]) == float(got["correct"])
+    assert task.summary([0, 1], lls) == {"acc": float(got["correct"]), "n": 2}
 
 
 def test_score_requests_rejects_bad_requests(model: LlamaForCausalLM) -> None:
@@ -331,7 +363,8 @@ def test_mmlu_letter_equals_lm_eval(model: LlamaForCausalLM, tokenizer) -> None:
     lm = hf.HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
     requests = [Instance("loglikelihood", {}, (context, c), 0) for c in continuations]
     theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
-    torch.testing.assert_close(calc.score(ITEM)["logliks"], theirs, atol=1e-4, rtol=0)
+    ours = dense_scores(model, MMLUTask(calc, [ITEM]))[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
 def test_mmlu_bad_config(model: LlamaForCausalLM, tokenizer) -> None:
@@ -341,7 +374,7 @@ def test_mmlu_bad_config(model: LlamaForCausalLM, tokenizer) -> None:
         MMLULoglikelihoodCalculator(model, tokenizer, "letter", num_fewshot=2)
     calc = MMLULoglikelihoodCalculator(model, tokenizer, "letter", 2, {ITEM["subject"]: [SHOT]})
     with pytest.raises(ValueError, match="2-shot"):
-        calc.score(ITEM)
+        calc.requests(ITEM)
 
 
 # --- benchmark script ------------------------------------------------------------------------
