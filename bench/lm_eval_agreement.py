@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     dense = dense_kept(llm.n_layers, llm.intermediate_size)
     worst = 0.0
     for max_length in args.max_lengths:
-        calc = PerplexityCalculator(model, tokenizer, max_length, batch_size=args.batch_size)
+        calc = PerplexityCalculator(tokenizer, max_length, batch_size=args.batch_size)
         ours = score_allocation(llm, DocumentTask(calc, docs), dense)
         ours_s = ours["seconds"]
         start = time.perf_counter()

@@ -72,32 +72,32 @@ def make_pruner(cfg: Config, models: LoadedModels) -> Pruner:
     return Pruner(PrunableLLM(models.llm, orderings=orderings), path, cfg.env.align)
 
 
-def mmlu_calculator(cfg: Config, llm: Any, tokenizer: Any) -> MMLULoglikelihoodCalculator:
+def mmlu_calculator(cfg: Config, tokenizer: Any) -> MMLULoglikelihoodCalculator:
     env = cfg.env
     dev = make_source(cfg.data, cfg.seed).dev_examples() if env.mmlu_num_fewshot else None
     return MMLULoglikelihoodCalculator(
-        llm, tokenizer, env.mmlu_mode, env.mmlu_num_fewshot, dev, env.max_length
+        tokenizer, env.mmlu_mode, env.mmlu_num_fewshot, dev, env.max_length
     )
 
 
-def perplexity_calculator(cfg: Config, llm: Any, tokenizer: Any) -> PerplexityCalculator:
+def perplexity_calculator(cfg: Config, tokenizer: Any) -> PerplexityCalculator:
     env = cfg.env
-    return PerplexityCalculator(llm, tokenizer, env.max_length, env.prefix_token, env.batch_size)
+    return PerplexityCalculator(tokenizer, env.max_length, env.prefix_token, env.batch_size)
 
 
-def make_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[Any]) -> Task:
+def make_task(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> Task:
     """Token perplexity (training windows), word perplexity (documents), or MMLU correctness."""
     if cfg.data.dataset == "mixed":
-        return make_mixed_task(cfg, llm, tokenizer, items)
+        return make_mixed_task(cfg, tokenizer, items)
     if cfg.data.dataset == "mmlu":
-        return MMLUTask(mmlu_calculator(cfg, llm, tokenizer), items, cfg.env.batch_size)
+        return MMLUTask(mmlu_calculator(cfg, tokenizer), items, cfg.env.batch_size)
     if items and hasattr(items[0], "token_ids"):  # training windows
-        calc = perplexity_calculator(cfg, llm, tokenizer)
+        calc = perplexity_calculator(cfg, tokenizer)
         tokens = [list(c.token_ids) for c in items]
         contexts = earlier_windows(cfg, tokenizer, items) if cfg.env.neurons == "context" else None
         env = cfg.env
         return WindowTask(tokens, calc.prefix_token, env.max_length, env.batch_size, contexts)
-    return DocumentTask(perplexity_calculator(cfg, llm, tokenizer), items)
+    return DocumentTask(perplexity_calculator(cfg, tokenizer), items)
 
 
 def earlier_windows(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> list[list[list[int]]]:
@@ -124,7 +124,7 @@ def make_reward_fn(cfg: Config) -> RewardFn:
 def make_bandit(
     cfg: Config, pruner: Pruner, tokenizer: Any, items: Sequence[Any], embeddings: np.ndarray
 ) -> PruningBandit:
-    task = make_task(cfg, pruner.llm, tokenizer, items)
+    task = make_task(cfg, tokenizer, items)
     action_map = pruner.action_map(cfg.env)
     criterion = cfg.importance.criterion if cfg.env.neurons == "context" else None
     if cfg.env.levers:

@@ -106,7 +106,7 @@ class Evaluator:
 
     def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list[Any]) -> None:
         self.pruner, self.width = pruner, pruner.width
-        self.task = make_task(cfg, pruner.llm, models.tokenizer, items)
+        self.task = make_task(cfg, models.tokenizer, items)
         self.doc_obs = observations(models, cfg.data, [item.text for item in items])
         self.windows: tuple[list[list[Any]], np.ndarray] | None = None
         self.window_obs: np.ndarray | None = None

@@ -60,7 +60,7 @@ class MixedEvaluator:
 
     def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list) -> None:
         self.pruner, self.n_layers = pruner, pruner.llm.n_layers
-        self.task: MixedTask = make_task(cfg, pruner.llm, models.tokenizer, items)  # type: ignore[assignment]
+        self.task: MixedTask = make_task(cfg, models.tokenizer, items)  # type: ignore[assignment]
         self.weights = cfg.data.active_kinds
         self.tokens = np.array([self.task.item_tokens(i) for i in range(len(self.task))])
         self.criterion = cfg.importance.criterion

@@ -49,18 +49,16 @@ def _earlier_windows(
     return [by_doc[c.doc_index][: c.chunk_index] for c in chunks]
 
 
-def make_mixed_task(cfg: Config, llm: Any, tokenizer: Any, items: Sequence[MixedItem]) -> Task:
+def make_mixed_task(cfg: Config, tokenizer: Any, items: Sequence[MixedItem]) -> Task:
     """One task per kind (windows or whole pages/files; MMLU questions), routed by MixedTask."""
     env = cfg.env
-    calc = PerplexityCalculator(llm, tokenizer, env.max_length, env.prefix_token, env.batch_size)
+    calc = PerplexityCalculator(tokenizer, env.max_length, env.prefix_token, env.batch_size)
     tasks: dict[str, Task] = {}
     index = []
     for kind, idx in by_kind(items).items():
         units = [items[i].item for i in idx]
         if kind == "mmlu":
-            mmlu = MMLULoglikelihoodCalculator(
-                llm, tokenizer, env.mmlu_mode, 0, None, env.max_length
-            )
+            mmlu = MMLULoglikelihoodCalculator(tokenizer, env.mmlu_mode, 0, None, env.max_length)
             tasks[kind] = MMLUTask(mmlu, units, env.batch_size)
         elif hasattr(units[0], "token_ids"):  # training windows
             contexts = None

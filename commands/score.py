@@ -53,7 +53,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         model: Any = make_pruner(cfg, models).llm
     else:
         model = PrunableLLM(models.llm)
-    task = make_task(cfg, model, models.tokenizer, items)
+    task = make_task(cfg, models.tokenizer, items)
     context: dict[str, Any] = {}
     orderings = None
     if cfg.env.neurons == "context" and not dense:

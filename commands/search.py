@@ -109,7 +109,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
     items = calibration_items(cfg, models.tokenizer)
-    task = make_task(cfg, pruner.llm, models.tokenizer, items)
+    task = make_task(cfg, models.tokenizer, items)
     tokens = np.array([sum(len(t) for _, t in task.requests(i)) for i in range(len(task))])
     shape = (pruner.llm.n_layers, pruner.width, pruner.align)
     run_dir = new_run_dir(cfg, "search")

@@ -181,10 +181,11 @@ def score_requests(
 
 
 class PerplexityCalculator:
-    """lm-eval-compatible rolling log-likelihood and WikiText perplexity for one model.
+    """lm-eval's `wikitext` task around the model: documents as rolling windows, and the corpus
+    metrics of their log-likelihoods (`scoring.tasks.DocumentTask` scores them).
 
     Documents are tokenized once (cached by text) and cut into lm-eval's disjoint rolling
-    windows; windows of several documents share forward passes. By default a document is
+    windows. By default a document is
     tokenized as lm-eval's HFLM does (`encode_document`: the tokenizer's default special tokens,
     so Llama-3's BOS is scored too), which makes every number equal lm-eval's for any tokenizer;
     `add_special_tokens=False` / `True` forces plain tokens / the tokenizer's special tokens.
@@ -192,7 +193,6 @@ class PerplexityCalculator:
 
     def __init__(
         self,
-        model: torch.nn.Module,
         tokenizer: Any,
         max_length: int,
         prefix: PrefixRule = "bos",
@@ -201,7 +201,6 @@ class PerplexityCalculator:
     ) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size

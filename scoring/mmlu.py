@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import torch
-
 from scoring.windows import Window
 
 MMLUMode = Literal["choice_text", "letter"]
@@ -84,7 +82,6 @@ class MMLULoglikelihoodCalculator:
 
     def __init__(
         self,
-        model: torch.nn.Module,
         tokenizer: Any,
         mode: MMLUMode,
         num_fewshot: int = 0,
@@ -98,7 +95,6 @@ class MMLULoglikelihoodCalculator:
             raise ValueError("num_fewshot > 0 needs mode='letter' (the seed's mode is zero-shot)")
         if num_fewshot and dev_items is None:
             raise ValueError("num_fewshot > 0 needs dev_items (subject -> dev questions)")
-        self.model = model
         self.tokenizer = tokenizer
         self.mode = mode
         self.num_fewshot = num_fewshot

@@ -208,7 +208,7 @@ def test_export_keeps_the_source_architecture(
     ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     cfg = load_config(config)
     docs = WikiTextDataSource(Path(str(cfg.data.wikitext_path))).load("test")[:2]
-    task = DocumentTask(PerplexityCalculator(model, tokenizer, cfg.env.max_length, "bos", 1), docs)
+    task = DocumentTask(PerplexityCalculator(tokenizer, cfg.env.max_length, "bos", 1), docs)
     # the export's layers differ in width, which PrunableLLM (under score_task) refuses: its
     # requests go straight to the engine under score_samples
     lls = [score_requests(model, task.requests(i), 1, task.max_length) for i in range(len(task))]

@@ -175,7 +175,7 @@ def test_overflow_is_inf_with_warning() -> None:
 
 
 def test_short_docs_equal_single_forward(model: LlamaForCausalLM, tokenizer) -> None:
-    calc = PerplexityCalculator(model, tokenizer, max_length=200, batch_size=4)
+    calc = PerplexityCalculator(tokenizer, max_length=200, batch_size=4)
     for text, ll in zip(DOCS, doc_logliks(model, calc, DOCS), strict=True):
         tokens = tokenizer.encode(text, add_special_tokens=False)
         assert calc.tokens(text) == tokens
@@ -183,8 +183,8 @@ def test_short_docs_equal_single_forward(model: LlamaForCausalLM, tokenizer) -> 
 
 
 def test_batched_equals_one_by_one(model: LlamaForCausalLM, tokenizer) -> None:
-    batched = PerplexityCalculator(model, tokenizer, max_length=32, batch_size=8)
-    single = DocumentTask(PerplexityCalculator(model, tokenizer, 32, batch_size=1), documents(DOCS))
+    batched = PerplexityCalculator(tokenizer, max_length=32, batch_size=8)
+    single = DocumentTask(PerplexityCalculator(tokenizer, 32, batch_size=1), documents(DOCS))
     got = dense_scores(model, DocumentTask(batched, documents(DOCS)))  # per doc, per window
     want = [dense_scores(model, single, [i])[0] for i in range(len(DOCS))]
     assert [len(ll) for ll in got] == [len(ll) for ll in want] == [2, 1, 5, 1]
@@ -198,7 +198,7 @@ def test_equals_lm_eval_rolling(model: LlamaForCausalLM, tokenizer) -> None:
     lm = hf.HFLM(pretrained=model, tokenizer=tokenizer, max_length=8, batch_size=3)
     requests = [Instance("loglikelihood_rolling", {}, (d,), 0) for d in DOCS]
     theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
-    ours = doc_logliks(model, PerplexityCalculator(model, tokenizer, max_length=8), DOCS)
+    ours = doc_logliks(model, PerplexityCalculator(tokenizer, max_length=8), DOCS)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
@@ -221,7 +221,7 @@ def test_default_encoding_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> No
     tok = bos_tokenizer()
     assert tok.encode("ab")[0] == tok.bos_token_id  # the tokenizer really adds BOS
     lm = hf.HFLM(pretrained=model, tokenizer=tok, max_length=8, batch_size=3)
-    calc = PerplexityCalculator(model, tok, max_length=8)
+    calc = PerplexityCalculator(tok, max_length=8)
     for text in BOS_DOCS:
         assert calc.tokens(text) == lm.tok_encode(text), text
     assert calc.tokens("ab") == [0, *tok.encode("ab", add_special_tokens=False)]
@@ -230,7 +230,7 @@ def test_default_encoding_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> No
     theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
     ours = doc_logliks(model, calc, BOS_DOCS)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-    plain = PerplexityCalculator(model, tok, max_length=8, add_special_tokens=False)
+    plain = PerplexityCalculator(tok, max_length=8, add_special_tokens=False)
     assert plain.tokens("ab") == tok.encode("ab", add_special_tokens=False)
 
 
@@ -250,7 +250,7 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
         {"model": {"llm": "tiny", "encoder": "tiny"}, "env": {"max_length": 8}}
     )
     docs = [make_wiki_document(text) for text in DOCS]
-    task = make_task(cfg, model, tok, docs)
+    task = make_task(cfg, tok, docs)
     llm = PrunableLLM(model)
     dense = [llm.intermediate_size] * llm.n_layers
     lls = score_task(llm, task, list(range(len(docs))), dense)
@@ -266,7 +266,7 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
 def test_summary_counts_on_original_page(model: LlamaForCausalLM, tokenizer) -> None:
     docs = [make_wiki_document(" a  b \n"), make_wiki_document("cd")]
     assert docs[0].text == " a  b\n"  # detokenized: the model reads 6 bytes, the page has 7
-    task = DocumentTask(PerplexityCalculator(model, tokenizer, max_length=4), docs)
+    task = DocumentTask(PerplexityCalculator(tokenizer, max_length=4), docs)
     total = sum(sum(ll) for ll in dense_scores(model, task))
     llm = PrunableLLM(model)
     got = score_allocation(llm, task, dense_kept(llm.n_layers, llm.intermediate_size))
@@ -278,7 +278,7 @@ def test_summary_counts_on_original_page(model: LlamaForCausalLM, tokenizer) -> 
 
 
 def test_empty_and_one_token_docs(model: LlamaForCausalLM, tokenizer) -> None:
-    task = DocumentTask(PerplexityCalculator(model, tokenizer, max_length=4), documents(["", "z"]))
+    task = DocumentTask(PerplexityCalculator(tokenizer, max_length=4), documents(["", "z"]))
     lls = dense_scores(model, task)
     assert lls[0] == []  # no tokens, no windows: log-likelihood 0
     z = tokenizer.encode("z", add_special_tokens=False)
@@ -320,7 +320,6 @@ def test_encode_pair_moves_trailing_space(tokenizer) -> None:
 @pytest.mark.parametrize("mode", ["letter", "choice_text"])
 def test_mmlu_batched_equals_separate(model: LlamaForCausalLM, tokenizer, mode: str) -> None:
     calc = MMLULoglikelihoodCalculator(
-        model,
         tokenizer,
         mode,
         num_fewshot=int(mode == "letter"),
@@ -358,7 +357,7 @@ def test_mmlu_letter_equals_lm_eval(model: LlamaForCausalLM, tokenizer) -> None:
     hf = pytest.importorskip("lm_eval.models.huggingface")
     from lm_eval.api.instance import Instance
 
-    calc = MMLULoglikelihoodCalculator(model, tokenizer, "letter")
+    calc = MMLULoglikelihoodCalculator(tokenizer, "letter")
     context, continuations = calc.prompt(ITEM)
     lm = hf.HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
     requests = [Instance("loglikelihood", {}, (context, c), 0) for c in continuations]
@@ -367,12 +366,12 @@ def test_mmlu_letter_equals_lm_eval(model: LlamaForCausalLM, tokenizer) -> None:
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_mmlu_bad_config(model: LlamaForCausalLM, tokenizer) -> None:
+def test_mmlu_bad_config(tokenizer) -> None:
     with pytest.raises(ValueError, match="mode"):
-        MMLULoglikelihoodCalculator(model, tokenizer, "letters")  # type: ignore[arg-type]
+        MMLULoglikelihoodCalculator(tokenizer, "letters")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dev_items"):
-        MMLULoglikelihoodCalculator(model, tokenizer, "letter", num_fewshot=2)
-    calc = MMLULoglikelihoodCalculator(model, tokenizer, "letter", 2, {ITEM["subject"]: [SHOT]})
+        MMLULoglikelihoodCalculator(tokenizer, "letter", num_fewshot=2)
+    calc = MMLULoglikelihoodCalculator(tokenizer, "letter", 2, {ITEM["subject"]: [SHOT]})
     with pytest.raises(ValueError, match="2-shot"):
         calc.requests(ITEM)
 

@@ -40,7 +40,7 @@ def test_dense_and_uniform_scores_on_a_test_document(models: LoadedModels) -> No
     cfg = load_config(PRESET)
     items = load_items(cfg.data, "test", limit=1)
     pruner = make_pruner(cfg, models)  # the committed importance file fits the model
-    task = make_task(cfg, pruner.llm, models.tokenizer, items)
+    task = make_task(cfg, models.tokenizer, items)
     dense = score_allocation(pruner.llm, task, np.full(30, 1536))
     pruned = score_allocation(pruner.llm, task, kept_counts(np.full(30, 0.2), 1536, cfg.env.align))
     assert 5 < dense["word_perplexity"] < 300 and dense["sparsity"] == 0
