@@ -166,7 +166,9 @@ class TrainConfig(_Section):
     total_steps: int = Field(default=10_000, gt=0)  # env steps (one = prune + score)
     checkpoint_every: int = Field(default=500, gt=0)  # steps between checkpoints (agent + buffer)
     n_envs: int = Field(default=1, gt=0)  # environments stepped together (batched evaluation)
-    devices: list[int] | Literal["auto"] | None = None  # one worker per GPU; None = in-process
+    # one worker process per entry (GPU index, or "cpu"), each scoring n_envs episodes per step;
+    # "auto": every visible GPU; None: in-process
+    devices: list[int | Literal["cpu"]] | Literal["auto"] | None = None
     runs_dir: str = "runs"  # every command writes runs/<command>_<UTC time>/
     eval_after: bool = False  # run `eval` on the final agent when training ends
 
@@ -233,11 +235,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_devices(self) -> Config:
-        if self.train.devices is not None and self.train.n_envs > 1:
-            raise ValueError(
-                "train.devices runs one episode per GPU worker per step; set train.n_envs=1 "
-                "(n_envs > 1 batches episodes in one process: set train.devices=null)"
-            )
         if self.train.devices is not None and self.model.device_map is not None:
             raise ValueError(
                 "train.devices gives each GPU its own model copy, model.device_map spreads one "

@@ -1,6 +1,6 @@
 """Speed of an exported (physically narrowed) model vs the dense one: prefill and decode.
 
-The narrowed models are what `main.py export` writes (`pruning.export`: narrowed state dict ->
+The narrowed models are what `main.py export` writes (`export.hf`: narrowed state dict ->
 PrunedLlamaForCausalLM), built here in memory from a random-weight dense model (speed does not
 depend on weight values). Uniform allocations: every layer keeps `kept_counts(s, width, align)`.
 
@@ -46,8 +46,8 @@ from bench.common import (  # noqa: E402
     weights_read_per_token,
     write_results,
 )
+from export.hf import build_pruned_model, narrow_state_dict, pruned_config  # noqa: E402
 from pruning.allocation import kept_counts  # noqa: E402
-from pruning.export import build_pruned_model, narrow_state_dict, pruned_config  # noqa: E402
 from pruning.generation import GreedyDecoder  # noqa: E402
 
 TINY = dict(

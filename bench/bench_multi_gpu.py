@@ -3,8 +3,9 @@ GPUs with device_map that still prunes on every layer.
 
 Builds a random-weight project on disk (SmolLM2-135M's architecture by default; `--arch
 llama-3.1-8b` builds the 8B on the GPU and saves it in bf16), then runs `main.py train` with
-`train.devices=[0]` and `[0, 1, ...]` at each of `--seq-lens`. The main process holds no model.
-Run: python3 bench/bench_multi_gpu.py --arch llama-3.1-8b --seq-lens 512 2048
+`train.devices=[0]` and `[0, 1, ...]` at each of `--seq-lens`, `--n-envs` episodes per GPU per
+vector step (N GPUs run N x `--steps` env steps). The main process holds no model.
+Run: python3 bench/bench_multi_gpu.py --arch llama-3.1-8b --seq-lens 512 2048 --n-envs 8
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def replace_model(root: Path, arch: str) -> None:
     (root / "importance.json").write_text(json.dumps(data))
 
 
-def train_rate(config: Path, devices: list[int], steps: int, seq: int) -> dict:
+def train_rate(config: Path, devices: list[int], steps: int, seq: int, n_envs: int) -> dict:
+    """`steps` env steps with `n_envs` episodes per GPU per vector step, on 64 training items
+    (their dense baselines are cached within the first steps, as in a long run)."""
     overrides = [f"train.devices={devices}", f"train.total_steps={steps}", "model.device=cuda"]
     overrides += [f"env.max_length={seq}", "model.dtype=bfloat16", "sac.learning_starts=64"]
+    overrides += [f"train.n_envs={n_envs}", "data.max_samples=64"]
     cmd = [sys.executable, "main.py", "train", "--config", str(config)]
     for o in overrides:
         cmd += ["--set", o]
@@ -64,8 +68,9 @@ def train_rate(config: Path, devices: list[int], steps: int, seq: int) -> dict:
     wall = time.perf_counter() - start
     run = sorted((config.parent / "runs").glob("train_*"))[-1]
     info = json.loads((run / "train.json").read_text())
-    return {"gpus": len(devices), "steps": info["steps"], "learn_s": info["seconds"],
-            "steps_per_s": info["steps"] / info["seconds"], "wall_s": round(wall, 1)}  # fmt: skip
+    return {"gpus": len(devices), "n_envs": n_envs, "steps": info["steps"],
+            "learn_s": info["seconds"], "steps_per_s": info["steps"] / info["seconds"],
+            "wall_s": round(wall, 1)}  # fmt: skip
 
 
 def spread_check(llm_dir: Path) -> dict:
@@ -89,7 +94,8 @@ def spread_check(llm_dir: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1024)
+    p.add_argument("--n-envs", type=int, default=8, help="episodes per GPU per vector step")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[512])
     p.add_argument("--arch", default=None, help="bench.common.ARCHS name (default SmolLM2-135M)")
     p.add_argument("--skip-spread", action="store_true", help="skip the device_map check")
@@ -99,11 +105,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     cfg = LlamaConfig(**ARCH, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     pages = 40 if args.arch is None else 120  # up to ~3k words: windows of 2048 tokens
-    config = make_tiny_project(root, cfg, pages=pages, train__n_envs=1, sac__batch_size=64)
+    config = make_tiny_project(root, cfg, pages=pages, sac__batch_size=64)
     if args.arch:
         replace_model(root, args.arch)
     rows = [
-        train_rate(config, list(range(k)), args.steps, seq) | {"seq_len": seq}
+        train_rate(config, list(range(k)), args.steps * k, seq, args.n_envs) | {"seq_len": seq}
         for seq in args.seq_lens
         for k in (1, n)
     ]

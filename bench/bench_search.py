@@ -38,7 +38,7 @@ from commands.search import window_fitness  # noqa: E402
 from config import SearchConfig  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
 from pruning.search import evolve  # noqa: E402
-from rl.tasks import WindowTask  # noqa: E402
+from scoring.tasks import WindowTask  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

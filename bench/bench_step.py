@@ -30,13 +30,13 @@ from stable_baselines3.common.logger import configure  # noqa: E402
 from pruning.context_importance import row_statistics  # noqa: E402
 from pruning.generation import prompt_mask_fn  # noqa: E402
 from pruning.prunable_llm import PrunableLLM  # noqa: E402
-from rl.batched import context_groups  # noqa: E402
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit  # noqa: E402
-from rl.metrics import score_requests  # noqa: E402
 from rl.reward import RewardFn, make_reward  # noqa: E402
-from rl.tasks import WindowTask, task_orderings  # noqa: E402
 from rl.vec_env import BatchedPruningVecEnv  # noqa: E402
-from rl.windows import model_input  # noqa: E402
+from scoring.batched import context_groups  # noqa: E402
+from scoring.metrics import score_requests  # noqa: E402
+from scoring.tasks import WindowTask, task_orderings  # noqa: E402
+from scoring.windows import model_input  # noqa: E402
 
 OBS_DIM = 768  # sentence-embedding width of the real encoder
 BUFFER_FILL = 1000  # random transitions in the replay buffer before timing SAC updates
@@ -285,7 +285,7 @@ def context_profile(b: Bench, plan: Plan, seq_len: int, global_ms: float | None)
 
 
 def orderings_one_off(b: Bench, plan: Plan, seq_len: int, windows: int) -> dict:
-    """One item's orderings from scratch (`rl.tasks.task_orderings`, what the env caches):
+    """One item's orderings from scratch (`scoring.tasks.task_orderings`, what the env caches):
     a dense pass over its context rows with hooks, then per-layer argsort; median over items."""
     task = make_task(b, plan.n_items + 1, seq_len, context_windows=windows)
     rows = task.task.context_rows(0)[0]

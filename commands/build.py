@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
 from config import Config, ConfigError, EnvConfig, resolve_path
+from data.sources import chunk_documents
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
 from pruning.create_pruning_mask import read_importance_json
 from pruning.prunable_llm import PrunableLLM
-from rl.data_source import chunk_documents
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
-from rl.metrics import PerplexityCalculator
-from rl.mmlu import MMLULoglikelihoodCalculator
 from rl.reward import RewardFn, make_budget_reward, make_reward
-from rl.tasks import DocumentTask, MMLUTask, Task, WindowTask
-from rl.vec_env import BatchedPruningVecEnv
+from rl.vec_env import BatchedPruningVecEnv, ShardedPruningVecEnv
+from scoring.metrics import PerplexityCalculator
+from scoring.mmlu import MMLULoglikelihoodCalculator
+from scoring.tasks import DocumentTask, MMLUTask, Task, WindowTask
 
 
 @dataclass
@@ -133,19 +134,20 @@ def make_env(
     return DummyVecEnv([lambda: LLMPruningEnv(bandit)])
 
 
-def _worker_env(cfg: Config, device: str, items: Sequence[Any], embeddings: np.ndarray) -> Any:
-    """Runs inside a worker process: its own model on its own GPU, one episode per step."""
+def _worker_bandit(
+    cfg: Config, device: str, items: Sequence[Any], embeddings: np.ndarray
+) -> PruningBandit:
+    """Runs inside a worker process: its own model on its own device."""
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})})
     models = load_models(cfg.model)
-    pruner = make_pruner(cfg, models)
-    return LLMPruningEnv(make_bandit(cfg, pruner, models.tokenizer, items, embeddings))
+    return make_bandit(cfg, make_pruner(cfg, models), models.tokenizer, items, embeddings)
 
 
-def _devices(spec: list[int] | str) -> list[str]:
+def _devices(spec: list[int | Literal["cpu"]] | str) -> list[str]:
     import torch
 
     ids = range(torch.cuda.device_count()) if spec == "auto" else spec
-    devices = [f"cuda:{i}" for i in ids]
+    devices = [d if d == "cpu" else f"cuda:{d}" for d in ids]
     if not devices:
         raise ConfigError("train.devices=auto but no CUDA device is visible; set it to null")
     return devices
@@ -158,10 +160,10 @@ def make_vec_env(
     items: Sequence[Any],
     embeddings: np.ndarray,
 ) -> VecEnv:
-    """One worker process per GPU (train.devices; the main process holds no model), or
-    in-process (`make_env`)."""
+    """`train.n_envs` episodes per step on each worker process of `train.devices` (the main
+    process holds no model), or in-process (`make_env`)."""
     if cfg.train.devices is None:
         assert pruner is not None
         return make_env(cfg, pruner, tokenizer, items, embeddings)
-    fns = [lambda d=d: _worker_env(cfg, d, items, embeddings) for d in _devices(cfg.train.devices)]
-    return SubprocVecEnv(fns, start_method="spawn")
+    fns = [partial(_worker_bandit, cfg, d, items, embeddings) for d in _devices(cfg.train.devices)]
+    return ShardedPruningVecEnv(fns, cfg.train.n_envs, embeddings)

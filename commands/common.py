@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from config import Config, ConfigError, DataConfig, resolve_path
+from data.embeddings import embed_texts
+from data.sources import DataSource, chunk_documents, make_data_source
 from models import LoadedModels, ModelSource
-from rl.data_source import DataSource, chunk_documents, make_data_source
-from rl.embeddings import embed_texts
 
 ENCODER_MAX_TOKENS = 512
 

@@ -13,7 +13,7 @@ reached) every arm prunes exactly the same share of MLP neurons of the same item
 | policy_doc | the policy per document (embedding of its first 512 tokens) |
 | policy_window | the policy per rolling window (embedding of the window's own text) |
 
-Every arm is scored by the same code as `score` (`rl.tasks.score_task`). With context neurons
+Every arm is scored by the same code as `score` (`scoring.tasks.score_task`). With context neurons
 (`env.neurons: context`, or `--neurons context|both`) every pruned arm is also scored with each
 window choosing its neurons from its own context; those arms carry the suffix `_context`.
 """
@@ -49,10 +49,10 @@ from commands.plots import plot_profile, plot_sweep
 from config import Config
 from models import LoadedModels, load_models
 from pruning.allocation import project_to_target, sparsity_of
-from rl.batched import score_samples
 from rl.checkpoints import load_agent
 from rl.env import ActionMap
-from rl.tasks import DocumentTask, Task, score_task, task_orderings
+from scoring.batched import score_samples
+from scoring.tasks import DocumentTask, Task, score_task, task_orderings
 
 HELP = (
     "Evaluate the policy on data.eval_split against dense, uniform, first/last-2-dense, the "

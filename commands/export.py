@@ -30,9 +30,7 @@ from commands.common import (
     write_json,
 )
 from config import Config, ConfigError, resolve_path
-from models import LoadedModels, load_models, model_shape
-from pruning.allocation import kept_counts, sparsity_of
-from pruning.export import (
+from export.hf import (
     MODELING_FILE,
     Size,
     build_pruned_model,
@@ -41,6 +39,8 @@ from pruning.export import (
     removed_mlp_parameters,
     size_of,
 )
+from models import LoadedModels, load_models, model_shape
+from pruning.allocation import kept_counts, sparsity_of
 from rl.checkpoints import load_agent
 
 HELP = (

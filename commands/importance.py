@@ -16,10 +16,10 @@ from commands.common import (
     written_importance_path,
 )
 from config import Config
+from data.sources import chunk_documents
 from models import load_models
 from pruning.create_pruning_mask import write_importance_json
 from pruning.importance import collect_importance, importance_to_json
-from rl.data_source import chunk_documents
 
 HELP = (
     "Rank MLP neurons per layer (importance.criterion) over importance.num_samples calibration "

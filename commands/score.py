@@ -22,8 +22,8 @@ from commands.common import (
 from config import Config
 from models import load_models, model_shape
 from pruning.prunable_llm import PrunableLLM
-from rl.batched import Orderings
-from rl.tasks import Task, score_task, task_orderings
+from scoring.batched import Orderings
+from scoring.tasks import Task, score_task, task_orderings
 
 HELP = (
     "Score a fixed allocation without an agent: 'dense', 'uniform:<fraction>', a comma list of "
@@ -43,9 +43,9 @@ def score_allocation(
     model: Any, task: Task, kept: np.ndarray | None, orderings: Orderings | None = None
 ) -> dict[str, Any]:
     """Task summary of every item under one allocation (kept [n_layers]; None = dense), with
-    context neurons when `orderings` (per item, `rl.tasks.task_orderings`) are given.
+    context neurons when `orderings` (per item, `scoring.tasks.task_orderings`) are given.
 
-    The same scoring code as `eval`'s arms and the environment (`rl.tasks.score_task`)."""
+    The same scoring code as `eval`'s arms and the environment (`scoring.tasks.score_task`)."""
     start = time.perf_counter()
     indices = list(range(len(task)))
     lls, sparsity = score_task(model, task, indices, kept, orderings)

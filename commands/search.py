@@ -2,7 +2,7 @@
 
 EvoPress-style (`pruning.search.evolve`): fitness is the summed negative log-likelihood of
 `search.calibration` training windows. All candidates of a stage go through one
-`rl.batched.score_samples` call (every (candidate, window) pair is a sample with its own row
+`scoring.batched.score_samples` call (every (candidate, window) pair is a sample with its own row
 masks), so several allocations share each forward pass.
 """
 
@@ -29,8 +29,8 @@ from models import load_models
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from pruning.search import Fitness, SearchResult, evolve
-from rl.batched import score_samples
-from rl.tasks import Task, task_orderings
+from scoring.batched import score_samples
+from scoring.tasks import Task, task_orderings
 
 HELP = (
     "Search a static per-layer allocation at each of search.targets (EvoPress-style evolution on "

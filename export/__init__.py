@@ -1,0 +1,1 @@
+"""Standalone pruned models: narrowed Hugging Face checkpoints."""

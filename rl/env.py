@@ -1,7 +1,7 @@
 """The contextual bandit: see an input (and a target sparsity), prune each layer, get a reward.
 
 `PruningBandit` is the one step implementation: it turns (item, target, action) triples into
-allocations, scores them together (`rl.tasks.score_task`) against a cached dense baseline and
+allocations, scores them together (`scoring.tasks.score_task`) against a cached dense baseline and
 pays rewards. `LLMPruningEnv` (Gymnasium, one item per step) and `rl.vec_env`'s batched VecEnv
 (n_envs items in one forward pass) are thin shells around it.
 """
@@ -20,7 +20,7 @@ from pruning.allocation import Profile, kept_counts, project_to_target, sparsity
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
 from rl.reward import RewardFn
-from rl.tasks import Task, score_task, task_orderings
+from scoring.tasks import Task, score_task, task_orderings
 
 
 def action_to_fractions(

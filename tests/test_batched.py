@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from pruning.prunable_llm import PrunableLLM
-from rl.batched import score_samples
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit
-from rl.metrics import score_requests
 from rl.reward import LogPerplexityRatioReward, PerplexityReward
-from rl.tasks import WindowTask
 from rl.vec_env import BatchedPruningVecEnv
-from rl.windows import rolling_windows
+from scoring.batched import score_samples
+from scoring.metrics import score_requests
+from scoring.tasks import WindowTask
+from scoring.windows import rolling_windows
 from tests.fixtures import tiny_llama
 
 N_LAYERS, D_FF, DIM = 3, 64, 5

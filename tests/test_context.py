@@ -8,10 +8,10 @@ import torch
 
 from pruning.context_importance import context_orderings, layout_keep_masks, row_statistics
 from pruning.importance import collect_importance
-from rl.batched import score_samples
-from rl.metrics import score_requests
-from rl.tasks import DocumentTask, WindowTask, task_orderings
-from rl.windows import rolling_windows
+from scoring.batched import score_samples
+from scoring.metrics import score_requests
+from scoring.tasks import DocumentTask, WindowTask, task_orderings
+from scoring.windows import rolling_windows
 from tests.test_batched import D_FF, N_LAYERS, snapshot, tiny_llm
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.data_source import (
+from data.sources import (
     DATA_SOURCES,
     MMLUDataSource,
     WikiDocument,
@@ -20,8 +20,8 @@ from rl.data_source import (
     make_data_source,
     split_wikitext_pages,
 )
-from rl.mmlu import format_question
-from rl.windows import word_count
+from scoring.mmlu import format_question
+from scoring.windows import word_count
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT / "data" / "wikitext-2-raw-v1"  # shipped, xz-compressed

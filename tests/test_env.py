@@ -12,7 +12,7 @@ from pruning.allocation import Profile
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap, LLMPruningEnv, PruningBandit, action_to_fractions
 from rl.reward import LogPerplexityRatioReward, PerplexityReward
-from rl.tasks import WindowTask
+from scoring.tasks import WindowTask
 from tests.fixtures import tiny_llama
 
 N_ITEMS, SEQ_LEN, EMBED_DIM, N_LAYERS, D_FF = 6, 12, 8, 3, 64

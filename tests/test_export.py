@@ -11,9 +11,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from commands.allocations import mean_profile, policy_kept
+from export.hf import narrow_state_dict, removed_mlp_parameters, size_of
 from main import main
 from pruning.allocation import kept_counts, project_to_target
-from pruning.export import narrow_state_dict, removed_mlp_parameters, size_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
 from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
@@ -289,7 +289,7 @@ def test_lm_eval_scores_the_export_as_score_does(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     pytest.importorskip("lm_eval")
-    from rl.data_source import WikiTextDataSource
+    from data.sources import WikiTextDataSource
 
     allocation, n_docs = "0.5,0.125", 2
     result = export(project, allocation)

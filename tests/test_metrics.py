@@ -10,9 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rl.metrics import PerplexityCalculator, resolve_prefix_token, score_requests
-from rl.mmlu import MMLULoglikelihoodCalculator, encode_pair, letter_context
-from rl.windows import aggregate, model_input, rolling_windows, safe_exp, word_count
+from scoring.metrics import PerplexityCalculator, resolve_prefix_token, score_requests
+from scoring.mmlu import MMLULoglikelihoodCalculator, encode_pair, letter_context
+from scoring.windows import aggregate, model_input, rolling_windows, safe_exp, word_count
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
@@ -212,8 +212,8 @@ def test_document_scorer_equals_lm_eval_with_bos(model: LlamaForCausalLM) -> Non
 
     from commands.build import make_task
     from config import Config
-    from rl.data_source import make_wiki_document
-    from rl.tasks import score_task
+    from data.sources import make_wiki_document
+    from scoring.tasks import score_task
 
     tok = bos_tokenizer()
     cfg = Config.model_validate(

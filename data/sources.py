@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from rl.mmlu import LETTERS, format_question
-from rl.windows import byte_count, word_count
+from scoring.mmlu import LETTERS, format_question
+from scoring.windows import byte_count, word_count
 
 WIKITEXT_HUB = ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1")
 WIKITEXT_FILES = {

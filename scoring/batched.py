@@ -25,8 +25,8 @@ import torch
 from pruning.allocation import sparsity_of
 from pruning.context_importance import layout_keep_masks
 from pruning.prunable_llm import PrunableLLM
-from rl.metrics import score_requests
-from rl.windows import Window
+from scoring.metrics import score_requests
+from scoring.windows import Window
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Pure token-window arithmetic and perplexity aggregation, matching lm-evaluation-harness.
 
-No model, no device, no I/O: these functions define *what* is scored; `rl.metrics` scores it.
+No model, no device, no I/O: these functions define *what* is scored; `scoring.metrics` scores it.
 """
 
 from __future__ import annotations

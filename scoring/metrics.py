@@ -1,8 +1,8 @@
 """Log-likelihood scoring and WikiText perplexity that agree with lm-evaluation-harness.
 
-`score_requests` is the batched scoring engine (shared with `rl.mmlu`); `PerplexityCalculator`
+`score_requests` is the batched scoring engine (shared with `scoring.mmlu`); `PerplexityCalculator`
 reproduces lm-eval's `wikitext` task (rolling windows of `HFLM.loglikelihood_rolling`, word/byte
-perplexity aggregated over the corpus). The window arithmetic lives in `rl.windows`.
+perplexity aggregated over the corpus). The window arithmetic lives in `scoring.windows`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from rl.windows import (
+from scoring.windows import (
     Window,
     aggregate,
     byte_count,
@@ -62,7 +62,7 @@ def encode_document(tokenizer: Any, text: str, prefix_token: int) -> list[int]:
 
 
 def item_field(item: Mapping[str, Any] | Any, name: str, default: Any = None) -> Any:
-    """Read `name` from a dict item or a dataclass item (rl.data_source uses frozen dataclasses)."""
+    """Read `name` from a dict item or a dataclass item (data.sources uses frozen dataclasses)."""
     if isinstance(item, Mapping):
         return item.get(name, default)
     return getattr(item, name, default)

@@ -15,15 +15,15 @@ from typing import Any, Literal
 
 import torch
 
-from rl.metrics import item_field, score_requests
-from rl.windows import Window
+from scoring.metrics import item_field, score_requests
+from scoring.windows import Window
 
 MMLUMode = Literal["choice_text", "letter"]
 LETTERS = ("A", "B", "C", "D")
 TARGET_DELIMITER = " "  # lm-eval's default between "Answer:" and the choice
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default after each few-shot answer
 
-Item = Mapping[str, Any] | Any  # dict or rl.data_source.MMLUQuestion
+Item = Mapping[str, Any] | Any  # dict or data.sources.MMLUQuestion
 
 
 def subject_description(subject: str) -> str:

@@ -115,7 +115,7 @@ def build_pruned_model(
     """PrunedLlamaForCausalLM holding `state_dict`'s tensors (no copy, no dense allocation)."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from pruning.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
+    from export.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
 
     cfg = PrunedLlamaConfig(**{k: v for k, v in config.items() if k != "model_type"})
     with torch.device("meta"):

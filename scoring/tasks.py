@@ -1,6 +1,6 @@
 """Tasks: what is scored for each item, and how log-likelihoods become metrics.
 
-A task splits scoring so that `rl.batched.score_samples` can share forward passes between items
+A task splits scoring so that `scoring.batched.score_samples` can share forward passes between items
 and allocations: `requests(i)` gives the (context, targets) token windows of item i,
 `metric(i, logliks)` turns their log-likelihoods into the item's metric (the reward's input),
 and `summary(indices, logliks)` aggregates items into the reported metrics (corpus word
@@ -22,10 +22,10 @@ import torch
 from pruning.context_importance import context_orderings
 from pruning.importance import CriterionName
 from pruning.prunable_llm import PrunableLLM
-from rl.batched import Orderings, score_samples
-from rl.metrics import PerplexityCalculator
-from rl.mmlu import MMLULoglikelihoodCalculator
-from rl.windows import Window, model_input, rolling_windows, safe_exp, token_perplexity
+from scoring.batched import Orderings, score_samples
+from scoring.metrics import PerplexityCalculator
+from scoring.mmlu import MMLULoglikelihoodCalculator
+from scoring.windows import Window, model_input, rolling_windows, safe_exp, token_perplexity
 
 ContextRows = tuple[list[list[int]], list[int]]  # (token rows, leading rows per request)
 

@@ -1,0 +1,1 @@
+"""Inputs: WikiText-2 and MMLU loaders (corpora ship beside this file), sentence embeddings."""

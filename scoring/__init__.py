@@ -1,0 +1,1 @@
+"""The one scoring path: (item, allocation) pairs to log-likelihoods and lm-eval metrics."""
