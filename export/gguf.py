@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gguf import (
     GGML_QUANT_VERSION,
     MODEL_ARCH,
@@ -32,6 +33,8 @@ from gguf import (
     get_tensor_name_map,
     quants,
 )
+
+from export.hf import mlp_keys
 
 SUPPORTED_MODEL_TYPES = ("llama",)  # Hugging Face model_type / GGUF general.architecture
 OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
@@ -59,8 +62,27 @@ def check_outtype(outtype: str) -> None:
 
 
 def gguf_arch(widths: Sequence[int]) -> str:
-    """`llama` when every layer has the same MLP width, else `deci` (per-layer widths)."""
-    return "llama" if len(set(widths)) == 1 else "deci"
+    """`llama` when every layer has the same MLP width, else `deci` (per-layer widths; a width
+    of 0 is a layer without MLP there)."""
+    return "llama" if len(set(widths)) == 1 and widths[0] > 0 else "deci"
+
+
+def pad_mlp(
+    state_dict: Mapping[str, torch.Tensor], widths: Sequence[int], multiple: int
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Zero neurons appended so every width is a multiple of `multiple` (a quantization block:
+    `down`'s rows must split into whole blocks). A zero gate row gives silu(0) * 0 = 0 and a zero
+    down column adds nothing: the same function, up to `multiple - 1` neurons more."""
+    out = dict(state_dict)
+    padded = [-(-int(w) // multiple) * multiple for w in widths]
+    for layer, (width, wide) in enumerate(zip(widths, padded, strict=True)):
+        if wide == width:
+            continue
+        gate, up, down = mlp_keys(layer)
+        out[gate] = F.pad(out[gate], (0, 0, 0, wide - width))  # [wide, hidden]
+        out[up] = F.pad(out[up], (0, 0, 0, wide - width))
+        out[down] = F.pad(out[down], (0, wide - width))  # [hidden, wide]
+    return out, padded
 
 
 def rope_layout(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -125,19 +147,23 @@ class Hparams:
 
 
 def gguf_tensors(
-    state_dict: Mapping[str, torch.Tensor], hp: Hparams, arch: str
+    state_dict: Mapping[str, torch.Tensor], hp: Hparams, widths: Sequence[int]
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in Hugging Face [out, in] layout) for every tensor to write.
 
     Names from the `gguf` package's own map; a tied `lm_head` is left out (llama.cpp reuses
-    `token_embd` when `output` is absent)."""
-    names = get_tensor_name_map(MODEL_ARCH[arch.upper()], hp.n_layers)
+    `token_embd` when `output` is absent), and so is the MLP (with its norm) of a layer of width
+    0 (`deci` skips that block)."""
+    names = get_tensor_name_map(MODEL_ARCH[gguf_arch(widths).upper()], hp.n_layers)
+    no_mlp = {layer for layer, width in enumerate(widths) if width == 0}
     for key, tensor in state_dict.items():
         if key == "lm_head.weight" and hp.tied:
             continue
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise NotImplementedError(f"tensor {key} has no GGUF name; not a LLaMA layout")
+        if ".ffn_" in name and int(name.split(".")[1]) in no_mlp:
+            continue
         array = tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
         if name.endswith(".attn_q.weight"):
             array = rope_layout(array, hp.n_heads)
@@ -199,6 +225,7 @@ def source_architecture(path: Path) -> str:
 @dataclass
 class Written:
     arch: str
+    widths: list[int]  # MLP width per layer in the file (kept, padded to whole blocks)
     tensor_types: dict[str, str] = field(default_factory=dict)  # name -> GGML type
     fallbacks: list[str] = field(default_factory=list)  # tensors not in the asked type
     bytes: int = 0
@@ -216,6 +243,7 @@ def write_gguf(
     check_outtype(outtype)
     hp = Hparams.from_config(config)
     qtype, file_type = OUTTYPES[outtype]
+    state_dict, widths = pad_mlp(state_dict, widths, quants.GGML_QUANT_SIZES[qtype][0])
     arch = gguf_arch(widths)
     writer = GGUFWriter(path, arch)
     for f in fields:
@@ -235,8 +263,8 @@ def write_gguf(
     writer.add_file_type(int(file_type))
     if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
         writer.add_quantization_version(GGML_QUANT_VERSION)
-    written = Written(arch)
-    for name, array in gguf_tensors(state_dict, hp, arch):
+    written = Written(arch, widths)
+    for name, array in gguf_tensors(state_dict, hp, widths):
         ttype = tensor_type(name, array.shape, qtype)
         if ttype != qtype and array.ndim > 1:
             written.fallbacks.append(name)
