@@ -147,14 +147,14 @@ class Hparams:
 
 
 def gguf_tensors(
-    state_dict: Mapping[str, torch.Tensor], hp: Hparams, widths: Sequence[int]
+    state_dict: Mapping[str, torch.Tensor], hp: Hparams, widths: Sequence[int], arch: str
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in Hugging Face [out, in] layout) for every tensor to write.
 
     Names from the `gguf` package's own map; a tied `lm_head` is left out (llama.cpp reuses
     `token_embd` when `output` is absent), and so is the MLP (with its norm) of a layer of width
     0 (`deci` skips that block)."""
-    names = get_tensor_name_map(MODEL_ARCH[gguf_arch(widths).upper()], hp.n_layers)
+    names = get_tensor_name_map(MODEL_ARCH[arch.upper()], hp.n_layers)
     no_mlp = {layer for layer, width in enumerate(widths) if width == 0}
     for key, tensor in state_dict.items():
         if key == "lm_head.weight" and hp.tied:
@@ -238,13 +238,17 @@ def write_gguf(
     widths: Sequence[int],
     outtype: str,
     fields: Sequence[SourceField] = (),
+    arch: str | None = None,
 ) -> Written:
-    """Write the narrowed model (`widths` [n_layers] MLP neurons per layer) to `path`."""
+    """Write the narrowed model (`widths` [n_layers] MLP neurons per layer) to `path`; `arch`
+    "deci" writes uniform widths as deci too (to compare the two graphs)."""
     check_outtype(outtype)
     hp = Hparams.from_config(config)
     qtype, file_type = OUTTYPES[outtype]
     state_dict, widths = pad_mlp(state_dict, widths, quants.GGML_QUANT_SIZES[qtype][0])
-    arch = gguf_arch(widths)
+    arch = arch or gguf_arch(widths)
+    if arch == "llama" and gguf_arch(widths) != "llama":
+        raise ValueError(f"llama builds every layer with layer 0's width; widths {widths} differ")
     writer = GGUFWriter(path, arch)
     for f in fields:
         writer.add_key_value(f.key, f.value, f.vtype, f.sub_type)
@@ -264,7 +268,7 @@ def write_gguf(
     if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
         writer.add_quantization_version(GGML_QUANT_VERSION)
     written = Written(arch, widths)
-    for name, array in gguf_tensors(state_dict, hp, widths):
+    for name, array in gguf_tensors(state_dict, hp, widths, arch):
         ttype = tensor_type(name, array.shape, qtype)
         if ttype != qtype and array.ndim > 1:
             written.fallbacks.append(name)

@@ -244,3 +244,22 @@ def test_unsupported_sources(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     hf_config = json.loads((llm / "config.json").read_text())
     (llm / "config.json").write_text(json.dumps(hf_config | {"model_type": "qwen2"}))
     fails_cleanly(capsys, argv, "supports llama models, not 'qwen2'", config)
+
+
+# ---- the benchmark's arithmetic ----------------------------------------------------------------
+
+
+def test_bench_profile_and_weights_read() -> None:
+    from bench.bench_gguf import profile_kept, weights_read
+
+    kept = profile_kept(30, 1536, 0.3, 32)
+    assert kept[[0, 1, 28, 29]].tolist() == [1536] * 4 and set(kept[2:28].tolist()) == {992}
+    assert abs(1 - kept.sum() / (30 * 1536) - 0.3) < 0.01
+    tied = [
+        ("token_embd.weight", 100, 50),
+        ("blk.0.ffn_norm.weight", 4, 1),
+        ("blk.0.ffn_up.weight", 20, 10),
+    ]
+    assert weights_read(tied) == (124, 60)  # the embedding is the output matrix: read in full
+    untied = [*tied, ("output.weight", 100, 50)]
+    assert weights_read(untied) == (124, 60)  # one embedding row per token: not counted
