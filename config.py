@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +30,17 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN pass every range check (learning_rate=.inf > 0): no field can use them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Keys that once existed, with why they went: an old config naming one gets this reason.
+REMOVED_KEYS = {
+    ("sac", "gamma"): "every transition of the one-step bandit is terminal, so the discount "
+    "multiplies nothing",
+    ("sac", "tau"): "every transition of the one-step bandit is terminal, so the target critics "
+    "it soft-updates are never read",
+}
 
 
 class ModelConfig(_Section):
@@ -39,6 +49,27 @@ class ModelConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device_map: Literal["auto"] | None = None  # "auto": spread a too-large LLM over all GPUs
+    # llm: "parts:<dist>{1..N}==<version>" (packages, each shipping data/<part files>) or
+    # "parts:<folder>/" (its files in name order): the parts concatenate into one GGUF
+    llm_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # of the whole GGUF
+    llm_bytes: int | None = Field(default=None, gt=0)  # size of the whole GGUF
+    # joined parts and de-quantized GGUFs (safetensors) are kept here; None = de-quantize each time
+    cache_dir: str | None = "cache/models"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        import torch  # torch's own parser knows every device type of this build
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"model.device={value!r} is not a torch device; use auto, cpu, cuda or cuda:N"
+            ) from None
+        return value
 
 
 class DataConfig(_Section):
@@ -126,13 +157,15 @@ class SACConfig(_Section):
     buffer_size: int = Field(default=100_000, gt=0)
     learning_starts: int = Field(default=100, ge=0)  # random-action steps before updates start
     batch_size: int = Field(default=256, gt=0)
-    tau: float = Field(default=0.005, gt=0, le=1)
-    gamma: float = Field(default=0.0, ge=0, le=1)  # a one-step bandit: no bootstrapping
     train_freq: int = Field(default=1, gt=0)
     gradient_steps: int = Field(default=1, ge=-1)
     ent_coef: str | float = "auto_0.02"  # "auto_<init>" learns it; a number fixes it
     target_entropy: str | float = "auto"
-    net_arch: list[int] = Field(default_factory=lambda: [256, 256])  # actor and critic MLP widths
+    # actor and critic hidden widths; at least one layer: a critic linear in the action only
+    # ever prefers an extreme prune fraction
+    net_arch: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [256, 256], min_length=1
+    )
     init_action: float = 0.2  # untrained actor's mean fraction, in (0, 1): atanh(2x - 1) is set
 
     @field_validator("init_action")
@@ -148,10 +181,15 @@ class SACConfig(_Section):
     @field_validator("ent_coef")
     @classmethod
     def _ent_coef(cls, value: str | float) -> str | float:
+        if not isinstance(value, str) and not value > 0:
+            raise ValueError(
+                f"sac.ent_coef={value} must be positive (it weighs the entropy bonus); "
+                "e.g. 0.1 or auto_0.02"
+            )
         if isinstance(value, str) and value != "auto":
             number = value.removeprefix("auto_")
             try:
-                ok = value.startswith("auto_") and float(number) > 0
+                ok = value.startswith("auto_") and 0 < float(number) < float("inf")
             except ValueError:
                 ok = False
             if not ok:
@@ -159,6 +197,16 @@ class SACConfig(_Section):
                     f"sac.ent_coef={value!r} is not 'auto', 'auto_<initial value>' or a number; "
                     "e.g. auto_0.02 or 0.1"
                 )
+        return value
+
+    @field_validator("target_entropy")
+    @classmethod
+    def _target_entropy(cls, value: str | float) -> str | float:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(
+                f"sac.target_entropy={value!r} is not 'auto' or a number; e.g. auto (= minus the "
+                "number of layers) or -10"
+            )
         return value
 
 
@@ -195,6 +243,8 @@ class ImportanceConfig(_Section):
     max_length: int = Field(default=512, gt=1)  # tokens per calibration window
     batch_size: int = Field(default=4, gt=0)
     output_dir: str = "grouping_statistics"
+    # json: readable (the shipped SmolLM2 files); npz: int16 orderings + float32 scores, compressed
+    format: Literal["json", "npz"] = "json"
 
 
 class SearchConfig(_Section):
@@ -223,7 +273,7 @@ class SearchConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's seed range
     model: ModelConfig
     data: DataConfig = DataConfig()
     env: EnvConfig = EnvConfig()
@@ -265,7 +315,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -309,7 +363,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section; check the key path")
-        node[leaf] = yaml.safe_load(text) if text else None
+        try:
+            node[leaf] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"--set {item!r}: {text!r} is not a YAML value; e.g. --set sac.net_arch=[64,64]"
+            ) from None
     return raw
 
 
@@ -331,6 +390,9 @@ def _describe(exc: ValidationError) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "config"
     if err["type"] == "extra_forbidden":
+        removed = REMOVED_KEYS.get(tuple(str(p) for p in loc))
+        if removed:
+            return f"config key {key!r} was removed: {removed}; delete it"
         close = difflib.get_close_matches(str(loc[-1]), _field_names(Config, loc), n=1)
         hint = f"did you mean {close[0]!r}?" if close else "remove it"
         return f"unknown config key {key!r}; {hint}"

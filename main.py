@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from commands import COMMANDS
+from commands.common import check_align
 from config import ConfigError, load_config
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.set)
+        check_align(cfg)  # needs only the model's config file: before any command loads it
         return COMMANDS[args.command].run(cfg, args)
     except (ConfigError, FileNotFoundError, NotImplementedError) as exc:
         if args.debug:

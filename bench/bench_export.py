@@ -46,7 +46,12 @@ from bench.common import (  # noqa: E402
     weights_read_per_token,
     write_results,
 )
-from export.hf import build_pruned_model, narrow_state_dict, pruned_config  # noqa: E402
+from export.hf import (  # noqa: E402
+    build_pruned_model,
+    modeling_file_for,
+    narrow_state_dict,
+    pruned_config,
+)
 from pruning.allocation import kept_counts  # noqa: E402
 from pruning.generation import GreedyDecoder  # noqa: E402
 
@@ -159,8 +164,9 @@ def narrowed(dense: Any, sparsity: float, align: int, device: torch.device) -> t
     n_layers, width = dense.config.num_hidden_layers, dense.config.intermediate_size
     kept = kept_counts(np.full(n_layers, sparsity), width, align)
     state = narrow_state_dict(dense.state_dict(), kept)
-    config = pruned_config(dense.config.to_dict(), kept, {"bench": True})
-    model = build_pruned_model(config, state, device)
+    modeling = modeling_file_for(dense)
+    config = pruned_config(dense.config.to_dict(), kept, {"bench": True}, modeling)
+    model = build_pruned_model(config, state, modeling, dict(dense.named_buffers()))
     sync(device)
     return model, time.perf_counter() - start
 

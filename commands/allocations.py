@@ -47,18 +47,35 @@ def _number(value: Any) -> float:
         raise ConfigError(f"allocation value {value!r} is not a number") from None
 
 
+def _read_file(path: Path, what: str) -> Any:
+    """A JSON/YAML file's content (YAML is a superset of JSON); ConfigError in one line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} {path}{where} is not valid JSON/YAML (truncated?)") from exc
+
+
 def _profile_entries(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"profile file {path} does not exist; write it with `search`")
-    data = yaml.safe_load(path.read_text())
+    data = _read_file(path, "profile file")
     profiles = data.get(PROFILE_KEY) if isinstance(data, dict) else None
-    if not profiles:
+    if not profiles or not isinstance(profiles, list):
         raise ConfigError(f"profile file {path} holds no profiles; write it with `search`")
+    for i, entry in enumerate(profiles):
+        if not (isinstance(entry, dict) and "target" in entry and "fractions" in entry):
+            raise ConfigError(
+                f"profile file {path}: entry {i} needs 'target' and 'fractions'; "
+                "write the file with `search`"
+            )
+        _number(entry["target"])
     return profiles
 
 
 def read_profile(
-    path: Path, n_layers: int, target: float | None = None, missing_ok: bool = False
+    path: Path, n_layers: int | None, target: float | None = None, missing_ok: bool = False
 ) -> np.ndarray | None:
     """Fractions [n_layers] of a search profile file at `target` (or its only target); a target
     the file lacks is an error, or None with `missing_ok`."""
@@ -89,12 +106,14 @@ def read_profiles(path: Path, n_layers: int) -> Profile:
         raise ConfigError(f"profile file {path}: {exc}") from None
 
 
-def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.ndarray:
-    if not isinstance(values, list) or len(values) != n_layers:
+def check_length(values: Any, n_layers: int | None, what: str = "allocation") -> np.ndarray:
+    """Fractions in [0, 1], one per layer (n_layers None: any count, checked before the model
+    loads)."""
+    if not isinstance(values, list) or len(values) != (n_layers or len(values)) or not values:
         got = len(values) if isinstance(values, list) else type(values).__name__
+        count = f"{n_layers} fractions" if n_layers else "fractions"
         raise ConfigError(
-            f"{what} needs {n_layers} fractions (one per layer; is it for another model?), "
-            f"got {got}"
+            f"{what} needs {count} (one per layer; is it for another model?), got {got}"
         )
     fractions = np.asarray([_number(v) for v in values], dtype=np.float64)
     bad = np.flatnonzero(~((fractions >= 0) & (fractions <= 1)))
@@ -104,19 +123,30 @@ def check_length(values: Any, n_layers: int, what: str = "allocation") -> np.nda
     return fractions
 
 
-def parse_allocation(spec: str, n_layers: int, target: float | None = None) -> np.ndarray | None:
-    """None for dense, else one prune fraction per layer [n_layers]; ConfigError in one line."""
+def parse_allocation(
+    spec: str, n_layers: int | None, target: float | None = None
+) -> np.ndarray | None:
+    """None for dense, else one prune fraction per layer [n_layers]; ConfigError in one line.
+    n_layers None checks all but the layer count (before the model loads)."""
     spec = spec.strip()
+    path = Path(spec)
+    is_file = path.suffix in {".json", ".yml", ".yaml"}
+    if is_file and not path.is_file():
+        raise ConfigError(f"allocation file {spec} does not exist")
+    values = _read_file(path, "allocation file") if is_file else None
+    profile = isinstance(values, dict) and PROFILE_KEY in values
+    if target is not None and not profile:
+        raise ConfigError(
+            f"--target picks a target of a `search` profile file; {spec!r} is not one: "
+            "drop --target"
+        )
     if spec == "dense":
         return None
     if spec.startswith("uniform:"):
-        return check_length([_number(spec.removeprefix("uniform:"))] * n_layers, n_layers)
-    if Path(spec).suffix in {".json", ".yml", ".yaml"}:
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"allocation file {spec} does not exist")
-        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-        if isinstance(values, dict) and PROFILE_KEY in values:
+        fraction = _number(spec.removeprefix("uniform:"))
+        return check_length([fraction] * (n_layers or 1), n_layers)
+    if is_file:
+        if profile:
             return read_profile(path, n_layers, target)
         values = values.get("fractions", values) if isinstance(values, dict) else values
         return check_length(values, n_layers)
@@ -148,16 +178,21 @@ def baseline_kept(name: str, target: float, n_layers: int, width: int, align: in
     raise ValueError(f"unknown baseline {name!r}")
 
 
-def agent_env(agent_path: Path, env: EnvConfig) -> EnvConfig:
+def agent_env(agent_path: Path, env: EnvConfig) -> tuple[EnvConfig, str | None]:
     """`env` with the action mapping of the train run the agent comes from (ACTION_KEYS of the
-    config.yaml beside it: reward mode, targets, reference profile, radius); `env` unchanged if
-    the agent has no run folder."""
-    for folder in list(agent_path.parents)[:3]:  # train_*/agent_final.zip or .../step_N/agent.zip
+    config.yaml beside it: reward mode, targets, reference profile, radius), and None; if the
+    agent has no run folder, `env` unchanged and a warning saying so (to print and record)."""
+    folders = list(agent_path.parents)[:3]  # train_*/agent_final.zip or .../step_N/agent.zip
+    for folder in folders:
         path = folder / "config.yaml"
         if path.is_file():
             trained = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
-            return env.model_copy(update={k: trained[k] for k in ACTION_KEYS if k in trained})
-    return env
+            return env.model_copy(update={k: trained[k] for k in ACTION_KEYS if k in trained}), None
+    keys = ", ".join(f"env.{k}" for k in ACTION_KEYS)
+    return env, (
+        f"agent {agent_path} has no train run config.yaml beside it: how its actions map to "
+        f"allocations ({keys}) is taken from the current config"
+    )
 
 
 def policy_kept(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import random
-from collections.abc import Sequence
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import yaml
 from config import Config, ConfigError, DataConfig, resolve_path
 from data.embeddings import embed_texts
 from data.sources import DataSource, chunk_documents, make_data_source
-from models import LoadedModels, ModelSource
+from models import LoadedModels, ModelSource, peek_shape
 
 ENCODER_MAX_TOKENS = 512
 
@@ -33,17 +36,75 @@ def utc_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def new_run_dir(cfg: Config, command: str) -> Path:
-    """runs/<command>_<UTC time>/ with the resolved config in it."""
-    base = resolve_path(cfg.train.runs_dir)
+def _free_run_name(base: Path, command: str) -> Path:
     run_dir = base / f"{command}_{utc_stamp()}"
     suffix = 1
     while run_dir.exists():
         run_dir = base / f"{command}_{utc_stamp()}_{suffix}"
         suffix += 1
+    return run_dir
+
+
+def new_run_dir(cfg: Config, command: str) -> Path:
+    """runs/<command>_<UTC time>/ with the resolved config in it."""
+    run_dir = _free_run_name(resolve_path(cfg.train.runs_dir), command)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return run_dir
+
+
+def remove_stale_temporaries(folder: Path, pattern: str) -> None:
+    """Delete `pattern` entries named `...-<pid>` whose process is gone (a killed run's)."""
+    for path in folder.glob(pattern):
+        pid = path.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def staged_run_dir(cfg: Config, command: str) -> Iterator[tuple[Path, Path]]:
+    """(staging folder, final run folder) for a run whose outputs are large and slow to write:
+    everything goes into runs/.<name>.tmp-<pid>/, renamed to runs/<name>/ when the block ends
+    without error and removed when it fails; leftovers of killed runs are removed first."""
+    base = resolve_path(cfg.train.runs_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(base, f".{command}_*.tmp-*")
+    final = _free_run_name(base, command)
+    stage = base / f".{final.name}.tmp-{os.getpid()}"
+    stage.mkdir()
+    try:
+        (stage / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        yield stage, final
+        os.replace(stage, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_align(cfg: Config) -> None:
+    """env.align must divide the LLM's MLP width: checked on its config file, before the load."""
+    width, align = peek_shape(cfg.model.llm)[1], cfg.env.align
+    if width is not None and width % align:
+        fit = max(d for d in range(1, align + 1) if width % d == 0)
+        raise ConfigError(
+            f"env.align={align} does not divide the MLP width {width} of {cfg.model.llm}; "
+            f"use a divisor of {width}, e.g. {fit}"
+        )
+
+
+def warn(message: str, record: list[str]) -> None:
+    """Print a warning and keep it for the run's JSON (a fallback is never silent)."""
+    print(f"warning: {message}", file=sys.stderr)
+    record.append(message)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -62,8 +123,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def written_importance_path(cfg: Config, llm: ModelSource) -> Path:
-    """Where `main.py importance` writes: <importance.output_dir>/<llm slug>_<criterion>.json."""
-    name = f"{llm.slug}_{cfg.importance.criterion}.json"
+    """Where `importance` writes: <importance.output_dir>/<llm slug>_<criterion>.<format>."""
+    name = f"{llm.slug}_{cfg.importance.criterion}.{cfg.importance.format}"
     return resolve_path(cfg.importance.output_dir) / name
 
 

@@ -43,13 +43,14 @@ from commands.common import (
     observations,
     resolve_path,
     seed_everything,
+    warn,
     write_json,
 )
 from commands.plots import plot_profile, plot_sweep
 from config import Config
-from models import LoadedModels, load_models
+from models import LoadedModels, load_models, peek_shape
 from pruning.allocation import project_to_target, sparsity_of
-from rl.checkpoints import load_agent
+from rl.checkpoints import check_agent, read_agent
 from rl.env import ActionMap
 from scoring.batched import score_samples
 from scoring.tasks import DocumentTask, Task, score_task, task_orderings
@@ -112,6 +113,11 @@ class Evaluator:
         self.criterion = cfg.importance.criterion
         self.orderings: list[list[Any]] | None = None  # per item per request, once
         self.context_fallbacks = 0
+        self.warnings: list[str] = []  # printed once each, recorded in eval.json
+
+    def warn_once(self, message: str) -> None:
+        if message not in self.warnings:
+            warn(message, self.warnings)
 
     def context(self, on: bool) -> list[list[Any]] | None:
         """The items' context orderings (computed on first use), or None for global neurons."""
@@ -151,15 +157,21 @@ def evaluate_agent(
     limit: int | None = None,
     profile: str | None = None,
     neurons: str | None = None,
+    agent: Any = None,
 ) -> dict[str, Any]:
+    """`agent`: the agent at `agent_path`, when already read (else it is read here)."""
     neurons = neurons or cfg.env.neurons
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
+    if agent is None:
+        agent = read_agent(agent_path)  # before any embedding is cached
     ev = Evaluator(cfg, models, pruner, items)
-    env = agent_env(agent_path, cfg.env)
+    env, warning = agent_env(agent_path, cfg.env)
+    if warning:
+        ev.warn_once(warning)
     action_map = pruner.action_map(env)
     n_layers = pruner.llm.n_layers
-    agent = load_agent(agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
+    check_agent(agent, agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
     profile = profile or cfg.eval.profile or env.reference
     dense = ev.per_item(np.full(n_layers, pruner.width))
     if action_map.budget:
@@ -188,6 +200,7 @@ def evaluate_agent(
         "profile": profile,
         "neurons": neurons,
         "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
+        "warnings": ev.warnings,
         "dense": dense,
         "sweep": sweep,
         "policy_profiles": profiles,
@@ -226,6 +239,8 @@ def score_arms(
         searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
         if searched is not None:
             arms["searched"] = ev.per_item(searched, context)
+        else:
+            ev.warn_once(f"profile {profile} has no target {matched:.4f}: no searched arm there")
     arms["policy_mean"] = ev.per_item(mean_profile(doc_kept, target, action_map), context)
     if ev.windows is not None:
         win_kept = policy_kept(agent, ev.window_obs, target, action_map)
@@ -272,9 +287,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     runs_dir = resolve_path(cfg.train.runs_dir)
     spec = args.agent or cfg.eval.agent
     agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
-    if not agent_path.is_file():
-        raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
+    agent = read_agent(agent_path)  # a broken agent or profile fails before the model loads
+    profile = args.profile or cfg.eval.profile
+    if profile:  # the file, its entries, and the layer count where the model's config names it
+        n_layers = peek_shape(cfg.model.llm)[0]
+        for target in cfg.eval.targets:
+            read_profile(resolve_path(profile), n_layers, target, missing_ok=True)
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
-    evaluate_agent(cfg, models, pruner, agent_path, limit, args.profile, args.neurons)
+    evaluate_agent(cfg, models, pruner, agent_path, limit, args.profile, args.neurons, agent)
     return 0

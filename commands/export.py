@@ -24,10 +24,12 @@ from commands.allocations import (
 )
 from commands.build import Pruner, make_action_map, make_pruner
 from commands.common import (
-    new_run_dir,
     observations,
+    remove_stale_temporaries,
     seed_everything,
+    staged_run_dir,
     training_items,
+    warn,
     write_json,
 )
 from config import Config, ConfigError, resolve_path
@@ -40,17 +42,18 @@ from export.gguf import (
     write_gguf,
 )
 from export.hf import (
-    MODELING_FILE,
+    ModelingFile,
     Size,
     build_pruned_model,
+    modeling_file_for,
     narrow_state_dict,
     pruned_config,
     removed_mlp_parameters,
     size_of,
 )
-from models import LoadedModels, load_models, model_shape, resolve_source
+from models import LoadedModels, load_models, model_shape, peek_shape, resolve_source
 from pruning.allocation import kept_counts, sparsity_of
-from rl.checkpoints import load_agent
+from rl.checkpoints import check_agent, read_agent
 
 HELP = (
     "Export a pruned model (each layer's MLP physically narrowed) as a Hugging Face folder that "
@@ -100,7 +103,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 def gguf_source(cfg: Config) -> Path:
     """The source GGUF file whose tokenizer and chat template the export carries over, checked
     before the model loads: a supported architecture, and a GGUF file (not a folder)."""
-    source = resolve_source(cfg.model.llm)
+    m = cfg.model
+    source = resolve_source(m.llm, m.cache_dir, m.llm_sha256, m.llm_bytes)  # parts: joined once
     if source.gguf_file is None:
         config = Path(source.location) / "config.json"
         if config.is_file():
@@ -127,12 +131,14 @@ def output_folder(args: argparse.Namespace) -> Path | None:
 
 
 def agent_kept(
-    cfg: Config, models: LoadedModels, agent_path: Path, target: float
+    cfg: Config, models: LoadedModels, agent_path: Path, target: float, agent: Any
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Kept counts of the policy's mean profile at `target` over the training items."""
-    if not agent_path.is_file():
-        raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH")
-    env = agent_env(agent_path, cfg.env)
+    """Kept counts of the policy's mean profile at `target` over the training items; `agent`
+    as `read_agent` gives it."""
+    env, warning = agent_env(agent_path, cfg.env)
+    warnings: list[str] = []
+    if warning:
+        warn(warning, warnings)
     trained = env.targets
     if trained is None:
         raise ConfigError(
@@ -147,18 +153,19 @@ def agent_kept(
     n_layers, width = model_shape(models.llm)
     items = training_items(cfg, models.tokenizer)
     emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
-    agent = load_agent(agent_path, emb.shape[1] + 1, n_layers)
+    check_agent(agent, agent_path, emb.shape[1] + 1, n_layers)
     action_map = make_action_map(env, n_layers, width)
     kept = mean_profile(policy_kept(agent, emb, target, action_map), target, action_map)
     record = {"agent": str(agent_path), "target": target, "num_items": len(items)}
+    record["warnings"] = warnings
     return kept, record
 
 
 def allocation_kept(
-    cfg: Config, models: LoadedModels, args: argparse.Namespace
+    cfg: Config, models: LoadedModels, args: argparse.Namespace, agent: Any = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     if args.agent is not None:
-        return agent_kept(cfg, models, resolve_path(args.agent), args.target)
+        return agent_kept(cfg, models, resolve_path(args.agent), args.target, agent)
     n_layers, width = model_shape(models.llm)
     fractions = parse_allocation(args.allocation, n_layers)
     dense = fractions is None
@@ -178,6 +185,8 @@ def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) into a temporary sibling folder, then rename it to `dest` (replacing an old one
     only once the new one is complete); an interrupted export leaves no half-written `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest.parent, f".{dest.name}.tmp-*")  # left by a killed export
+    remove_stale_temporaries(dest.parent, f".{dest.name}.old-*")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -191,21 +200,25 @@ def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model: Any, tokenizer: Any, folder: Path, max_shard_size: str) -> None:
+def save_model(
+    model: Any, tokenizer: Any, modeling: ModelingFile, folder: Path, max_shard_size: str
+) -> None:
     model.save_pretrained(folder, max_shard_size=max_shard_size)  # config, weights, generation
-    shutil.copy(MODELING_FILE, folder / MODELING_FILE.name)
+    (folder / modeling.name).write_text(modeling.text)
     tokenizer.save_pretrained(folder)
 
 
 def save_gguf(
-    dest: Path,
+    folder: Path,
+    final: Path,
     source: Path,
     state: dict[str, Any],
     config: dict[str, Any],
     kept: np.ndarray,
     outtype: str,
 ) -> dict[str, Any]:
-    """`dest`/<source name>-pruned-<outtype>.gguf, written atomically; what was written."""
+    """`folder`/<source name>-pruned-<outtype>.gguf, written atomically; what was written (its
+    path as it will be once the run is in place: under `final`)."""
     name = f"{source.stem.split('.')[0]}-pruned-{outtype}.gguf"
     out: dict[str, Any] = {}
 
@@ -215,7 +228,7 @@ def save_gguf(
             tmp / name, state, config, kept.tolist(), outtype, source_fields(source)
         )
         out.update(
-            gguf_file=str(dest / name),
+            gguf_file=str(final / name),
             gguf_arch=written.arch,
             gguf_widths=written.widths,  # kept, padded to whole quantization blocks
             outtype=outtype,
@@ -224,7 +237,7 @@ def save_gguf(
             fallbacks=written.fallbacks,  # tensors kept in f16: rows not whole q8_0 blocks
         )
 
-    write_atomically(dest, write)
+    write_atomically(folder, write)
     padded = int(np.sum(out["gguf_widths"]) - np.sum(kept))
     if padded:
         print(f"{padded} zero neurons added in all so that MLP widths are whole {outtype} blocks")
@@ -257,10 +270,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     check_arguments(args)
     output = output_folder(args)
     source_gguf = gguf_source(cfg) if args.format == "gguf" else None
+    agent = None  # the allocation or the agent is checked before the load
+    if args.allocation is not None:
+        parse_allocation(args.allocation, peek_shape(cfg.model.llm)[0])
+    else:
+        agent = read_agent(resolve_path(args.agent))
     models = load_models(cfg.model)
     n_layers, width = model_shape(models.llm)
     hidden = models.llm.config.hidden_size
-    kept, allocation = allocation_kept(cfg, models, args)  # validated before anything is written
+    kept, allocation = allocation_kept(cfg, models, args, agent)  # before anything is written
     pruner = make_pruner(cfg, models)  # sorts every layer's neurons by importance, in place
     before = size_of(models.llm.state_dict())
     state = narrow_state_dict(pruner.llm.wrapped.state_dict(), kept)  # kept = sorted prefix
@@ -276,38 +294,41 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "align": cfg.env.align,
         "importance_file": importance_file(pruner),
     }
-    run_dir = new_run_dir(cfg, "export")
-    dest = output or run_dir / "model"
     if source_gguf is None:
-        config = pruned_config(models.llm.config.to_dict(), kept, provenance)
+        modeling = modeling_file_for(models.llm)
+        config = pruned_config(models.llm.config.to_dict(), kept, provenance, modeling)
         config["dtype"] = str(models.dtype).removeprefix("torch.")
-        device = next(models.llm.parameters()).device
-        model = build_pruned_model(config, state, device)
+        model = build_pruned_model(config, state, modeling, dict(models.llm.named_buffers()))
         model.generation_config = copy.deepcopy(models.llm.generation_config)
-        write_atomically(
-            dest, lambda tmp: save_model(model, models.tokenizer, tmp, args.max_shard_size)
-        )
-        written = {"dtype": config["dtype"]}
-    else:
-        written = save_gguf(
-            dest, source_gguf, state, models.llm.config.to_dict(), kept, args.outtype or "f16"
-        )
+
     mlp_before = 3 * hidden * width * n_layers
-    result = {
-        "model_dir": str(dest),
-        "format": args.format,
-        **provenance,
-        **written,
-        "before": size_record(before),
-        "after": size_record(after),
-        "removed": size_record(
-            Size(before.parameters - after.parameters, before.bytes - after.bytes)
-        ),
-        "mlp_parameters_before": mlp_before,
-        "files": sorted(p.name for p in dest.iterdir()),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    write_json(run_dir / "export.json", result)
+    with staged_run_dir(cfg, "export") as (stage, run_dir):  # a killed export leaves no run
+        written, dest = (output, output) if output else (stage / "model", run_dir / "model")
+        if source_gguf is None:
+            write_atomically(
+                written,
+                lambda tmp: save_model(model, models.tokenizer, modeling, tmp, args.max_shard_size),
+            )
+            record = {"dtype": config["dtype"]}
+        else:
+            config = models.llm.config.to_dict()
+            outtype = args.outtype or "f16"
+            record = save_gguf(written, dest, source_gguf, state, config, kept, outtype)
+        result = {
+            "model_dir": str(dest),
+            "format": args.format,
+            **provenance,
+            **record,
+            "before": size_record(before),
+            "after": size_record(after),
+            "removed": size_record(
+                Size(before.parameters - after.parameters, before.bytes - after.bytes)
+            ),
+            "mlp_parameters_before": mlp_before,
+            "files": sorted(p.name for p in written.iterdir()),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        write_json(stage / "export.json", result)
     print_sizes(before, after, mlp_before)
     print(f"wrote {dest}")
     print(json.dumps({"run": str(run_dir), "model_dir": str(dest), "mlp_sparsity": sparsity}))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,12 +18,19 @@ from commands.allocations import (
     to_kept,
 )
 from commands.build import Pruner, make_pruner
-from commands.common import new_run_dir, observations, resolve_path, seed_everything, write_json
+from commands.common import (
+    new_run_dir,
+    observations,
+    resolve_path,
+    seed_everything,
+    warn,
+    write_json,
+)
 from config import Config, ConfigError
-from models import LoadedModels, load_models, model_shape
+from models import LoadedModels, load_models, model_shape, peek_shape
 from pruning.allocation import sparsity_of
 from pruning.generation import COMPILE_MODES, generate_narrowed
-from rl.checkpoints import load_agent
+from rl.checkpoints import check_agent, read_agent
 
 HELP = (
     "Generate from --prompt / --prompts-file with a fixed allocation (as `score` takes) or a "
@@ -84,18 +92,27 @@ def fit_context(tokens: list[int], limit: int, max_new_tokens: int, index: int) 
 
 
 def allocations(
-    cfg: Config, args: argparse.Namespace, models: LoadedModels, pruner: Pruner, prompts: list[str]
+    cfg: Config,
+    args: argparse.Namespace,
+    models: LoadedModels,
+    pruner: Pruner,
+    prompts: list[str],
+    agent: Any,
+    warnings: list[str],
 ) -> np.ndarray | None:
-    """kept [n_prompts, n_layers] (None: dense for all)."""
+    """kept [n_prompts, n_layers] (None: dense for all); `agent` as `read_agent` gives it."""
     n_layers, width = model_shape(models.llm)
     if args.agent is None:
         fractions = parse_allocation(args.allocation, n_layers, args.target)
         kept = to_kept(fractions, width, cfg.env.align)
         return None if kept is None else np.tile(kept, (len(prompts), 1))
     agent_path = resolve_path(args.agent)
-    action_map = pruner.action_map(agent_env(agent_path, cfg.env))
+    env, warning = agent_env(agent_path, cfg.env)
+    if warning:
+        warn(warning, warnings)
+    action_map = pruner.action_map(env)
     obs = observations(models, cfg.data, prompts)
-    agent = load_agent(agent_path, obs.shape[1] + action_map.budget, n_layers)
+    check_agent(agent, agent_path, obs.shape[1] + action_map.budget, n_layers)
     return policy_kept(agent, obs, args.target, action_map)
 
 
@@ -119,7 +136,8 @@ def generate_one(
     sparsity = 0.0 if kept is None else sparsity_of(kept, pruner.width)
     print(f"--- prompt {i}\n{text}{completion}")
     print(
-        f"({len(out.tokens)} tokens, {out.tokens_per_second:.1f} tokens/s, sparsity {sparsity:.3f})"
+        f"({len(out.tokens)} tokens, {out.tokens_per_second:.1f} tokens/s, sparsity {sparsity:.3f}"
+        f", {out.decode_mode} decoding{f': {out.eager_reason}' if out.eager_reason else ''})"
     )
     return {
         "prompt": text,
@@ -130,6 +148,9 @@ def generate_one(
         "prefill_seconds": round(out.prefill_seconds, 4),
         "decode_seconds": round(out.decode_seconds, 4),
         "tokens_per_second": round(out.tokens_per_second, 2),
+        "decode_mode": out.decode_mode,
+        "eager_reason": out.eager_reason,  # why it decoded eagerly; None for a CUDA graph
+        "capture_failed": out.capture_failed,  # eager as a fallback: the capture raised
     }
 
 
@@ -137,16 +158,26 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     seed_everything(cfg.seed)
     neurons = args.neurons or cfg.env.neurons
+    agent = None  # the allocation or the agent is checked before the model loads
+    if args.agent is None:
+        parse_allocation(args.allocation, peek_shape(cfg.model.llm)[0], args.target)
+    else:
+        agent = read_agent(resolve_path(args.agent))
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
-    kept = allocations(cfg, args, models, pruner, prompts)
+    warnings: list[str] = []
+    kept = allocations(cfg, args, models, pruner, prompts, agent, warnings)
     rows = [
         generate_one(
             cfg, args, models, pruner, (i, text, None if kept is None else kept[i], neurons)
         )
         for i, text in enumerate(prompts)
     ]
+    for i, row in enumerate(rows):  # the one fallback: a CUDA graph capture that raised
+        if row["capture_failed"]:
+            warn(f"prompt {i} decoded eagerly: {row['eager_reason']}", warnings)
     result = {"allocation": args.allocation, "agent": args.agent, "neurons": neurons}
+    result["warnings"] = warnings
     run_dir = new_run_dir(cfg, "generate")
     write_json(run_dir / "generate.json", result | {"results": rows})
     speeds = [r["tokens_per_second"] for r in rows]

@@ -20,7 +20,7 @@ from commands.common import (
     write_json,
 )
 from config import Config
-from models import load_models, model_shape
+from models import load_models, model_shape, peek_shape
 from pruning.prunable_llm import PrunableLLM
 from scoring.batched import Orderings
 from scoring.tasks import Task, score_task, task_orderings
@@ -66,6 +66,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     split = args.split or cfg.data.eval_split
     items = load_items(cfg.data, split, check_limit(args.limit))
+    parse_allocation(args.allocation, peek_shape(cfg.model.llm)[0], args.target)  # before the load
     models = load_models(cfg.model)
     n_layers, width = model_shape(models.llm)
     fractions = parse_allocation(args.allocation, n_layers, args.target)

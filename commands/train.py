@@ -31,6 +31,7 @@ from rl.checkpoints import (
     RNG,
     CheckpointCallback,
     ProgressCallback,
+    checkpoint_step,
     latest_checkpoint,
     load_agent,
     load_rng,
@@ -65,8 +66,7 @@ def make_agent(sac: SACConfig, env: Any, seed: int, residual: bool = False) -> S
         buffer_size=sac.buffer_size,
         learning_starts=sac.learning_starts,
         batch_size=sac.batch_size,
-        tau=sac.tau,
-        gamma=sac.gamma,
+        gamma=0.0,  # every transition is terminal: the critic target is the reward alone
         train_freq=sac.train_freq,
         gradient_steps=sac.gradient_steps,
         ent_coef=sac.ent_coef,
@@ -83,23 +83,36 @@ def make_agent(sac: SACConfig, env: Any, seed: int, residual: bool = False) -> S
     return agent
 
 
-def find_run(spec: str, runs_dir: Path) -> Path:
-    """A train run folder; 'latest' = the newest one with a complete checkpoint."""
+def find_run(spec: str, runs_dir: Path, total_steps: int) -> Path:
+    """A train run folder; 'latest' = the newest one with a complete checkpoint short of
+    `total_steps` (if every run is there, the newest, which `check_unfinished` refuses)."""
     if spec == "latest":
         runs = [
-            run
+            (run, checkpoint_step(ckpt))
             for run in sorted(runs_dir.glob("train_*"))
-            if latest_checkpoint(run / "checkpoints") is not None
+            if (ckpt := latest_checkpoint(run / "checkpoints")) is not None
         ]
         if not runs:
             raise FileNotFoundError(
                 f"no train run with a complete checkpoint in {runs_dir} to resume; drop --resume"
             )
-        return runs[-1]
+        unfinished = [run for run, step in runs if step < total_steps]
+        return (unfinished or [runs[-1][0]])[-1]  # none: `check_unfinished` names the newest
     run = Path(spec)
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a train run folder (no config.yaml)")
     return run
+
+
+def check_unfinished(run: Path, total_steps: int) -> None:
+    """Resuming a run that already reached total_steps would only rewrite its results."""
+    ckpt = latest_checkpoint(run / "checkpoints")
+    step = -1 if ckpt is None else checkpoint_step(ckpt)
+    if step >= total_steps:
+        raise ConfigError(
+            f"--resume: {run.name} already reached {step} steps (train.total_steps={total_steps}); "
+            f"raise train.total_steps to train it further, e.g. --set train.total_steps={2 * step}"
+        )
 
 
 def check_same_config(cfg: Config, run: Path) -> None:
@@ -165,9 +178,10 @@ def save_final(
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     runs_dir = resolve_path(cfg.train.runs_dir)
-    resume = find_run(args.resume, runs_dir) if args.resume else None
+    resume = find_run(args.resume, runs_dir, cfg.train.total_steps) if args.resume else None
     if resume is not None:
         check_same_config(cfg, resume)
+        check_unfinished(resume, cfg.train.total_steps)
     seed_everything(cfg.seed)
     in_process = cfg.train.devices is None  # else each GPU worker loads its own model
     models = load_models(cfg.model, llm=in_process)

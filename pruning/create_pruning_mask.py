@@ -2,6 +2,8 @@
 
 JSON: {"model", "criterion", "num_samples", "num_tokens", "date", "n_layers", "intermediate_size",
 "orderings": [[neuron ids, most important first] per layer], optional "scores": [[...] per layer]}.
+The same in a compact `.npz` (chosen by the file's suffix): `orderings` int16 (int32 past 32,767
+neurons), `scores` float32, and the other fields as a JSON string `meta`; the numbers are equal.
 """
 
 from __future__ import annotations
@@ -41,16 +43,37 @@ class ImportanceFile:
 
 
 def write_importance_json(path: Path, data: dict[str, Any]) -> None:
+    """Write the importance file: JSON, or compact arrays when `path` ends in `.npz`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    if path.suffix != ".npz":
+        path.write_text(json.dumps(data))
+        return
+    orderings = np.asarray(data["orderings"])
+    small = orderings.max(initial=0) <= np.iinfo(np.int16).max
+    arrays = {"orderings": orderings.astype(np.int16 if small else np.int32)}
+    if data.get("scores") is not None:
+        arrays["scores"] = np.asarray(data["scores"], dtype=np.float32)
+    meta = {k: v for k, v in data.items() if k not in ("orderings", "scores")}
+    with path.open("wb") as f:  # an open file: numpy would append .npz to a name
+        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    if Path(path).suffix != ".npz":
+        return json.loads(Path(path).read_text())
+    with np.load(path) as npz:
+        data = json.loads(str(npz["meta"]))
+        data["orderings"] = npz["orderings"].astype(np.int64)
+        data["scores"] = npz["scores"] if "scores" in npz.files else None
+    return data
 
 
 def read_importance_json(
     path: Path, n_layers: int | None = None, intermediate_size: int | None = None
 ) -> ImportanceFile:
     """Load an importance file; when the model's sizes are given, check the orderings fit them."""
-    data = json.loads(Path(path).read_text())
-    orderings = torch.tensor(data["orderings"], dtype=torch.long)
+    data = _read_raw(path)
+    orderings = torch.as_tensor(np.asarray(data["orderings"]), dtype=torch.long)
     n_layers = data["n_layers"] if n_layers is None else n_layers
     width = data["intermediate_size"] if intermediate_size is None else intermediate_size
     validate_orderings(orderings, n_layers, width)
@@ -62,7 +85,7 @@ def read_importance_json(
         num_tokens=int(data["num_tokens"]),
         date=data["date"],
         orderings=orderings,
-        scores=None if scores is None else torch.tensor(scores, dtype=torch.float32),
+        scores=None if scores is None else torch.as_tensor(np.asarray(scores), dtype=torch.float32),
     )
 
 

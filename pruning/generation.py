@@ -35,6 +35,8 @@ class Generation:
     phases: dict[str, float] = field(default_factory=dict)  # seconds: see `PHASES`
     decode_mode: str = "eager"  # "cuda_graph" or "eager"
     replayed_tokens: int = 0  # tokens of the "steps" phase (after warm-up and capture)
+    eager_reason: str | None = None  # why decoding ran eagerly; None for a CUDA graph
+    capture_failed: bool = False  # eager only because the graph capture raised (a fallback)
 
     @property
     def tokens_per_second(self) -> float:
@@ -240,9 +242,10 @@ def decode(
     graph: bool,
     clock: _Clock,
     compile_mode: str | None = None,
-) -> tuple[list[int], dict[str, float], str, int]:
+) -> tuple[list[int], dict[str, float], dict[str, Any]]:
     """Greedy tokens of `model` after `prompt` on a `GreedyDecoder`; the phases "prompt",
-    "compile", "capture" and "steps" in seconds; the decode mode; the tokens of "steps"."""
+    "compile", "capture" and "steps" in seconds; `Generation`'s decode fields (mode, tokens of
+    "steps", why it decoded eagerly, whether a capture failed)."""
     device = model.get_input_embeddings().weight.device
     decoder = GreedyDecoder(model, 1, len(prompt) + max_new_tokens, compile_mode)
     decoder.prefill(torch.tensor([prompt], device=device))
@@ -256,12 +259,22 @@ def decode(
     warmup = min(WARMUP_STEPS, remaining - taken)
     graphed = graph and remaining - taken > warmup
     taken += decoder.capture(warmup) if graphed else decoder.steps(warmup)
+    if decoder.capture_error:
+        eager = f"CUDA graph capture failed ({decoder.capture_error})"
+    elif not graph:
+        eager = "CUDA graphs turned off (graph=False)"
+    elif decoder.device.type != "cuda":
+        eager = f"CUDA graphs need a CUDA device, the model is on {decoder.device.type}"
+    else:
+        eager = None if graphed else f"{max_new_tokens} new tokens leave no step to replay"
     phases["capture"] = clock.lap()
     first = len(prompt)  # position of the first new token
     ended = any(t in eos for t in decoder.generated(first, 1 + taken)[0])
     replayed = 0 if ended else decoder.steps(remaining - taken, eos)
     phases["steps"] = clock.lap()
-    return decoder.generated(first, 1 + taken + replayed, eos)[0], phases, decoder.mode, replayed
+    info = {"decode_mode": decoder.mode, "replayed_tokens": replayed, "eager_reason": eager,
+            "capture_failed": decoder.capture_error is not None}  # fmt: skip
+    return decoder.generated(first, 1 + taken + replayed, eos)[0], phases, info
 
 
 @torch.no_grad()
@@ -292,11 +305,11 @@ def generate_narrowed(
     try:
         phases["gather"] = clock.lap()
         eos = eos_ids(model) if stop_at_eos else []
-        tokens, decoded, mode, replayed = decode(
+        tokens, decoded, info = decode(
             model, prompt, max_new_tokens, eos, graph, clock, compile_mode
         )
     finally:
         model.undo_prune()  # the decoder (graph, cache) is gone: nothing reads the weights now
     phases |= decoded
     select = phases["statistics"] + phases["top_k"]
-    return Generation(tokens, select, sum(phases.values()) - select, phases, mode, replayed)
+    return Generation(tokens, select, sum(phases.values()) - select, phases, **info)

@@ -2,8 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step_<N>/` (agent.zip + replay_buffer.pkl + rng_state.pkl)
 that is written as `step_<N>.tmp/` and renamed when complete, so killing training at any moment
-leaves the last complete checkpoint loadable. Older checkpoints are removed after a newer one is
-in place.
+leaves the last complete checkpoint loadable. Older checkpoints, and `.tmp` folders a killed run
+left, are removed after a newer one is in place (one process writes a run's checkpoints).
 
 Resuming continues the run instead of replaying it: the checkpoint holds every random state
 (Python, NumPy, torch, the action spaces' samplers and each env's item sampler `np_random`), and
@@ -131,8 +131,8 @@ def save_checkpoint(
         (tmp / RNG).write_bytes(pickle.dumps(capture_rng(agent, rngs)))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in folder.glob("step_*"):
-        if old != final and not old.name.endswith(".tmp"):
+    for old in folder.glob("step_*"):  # older checkpoints, and .tmp ones a kill left behind
+        if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -145,6 +145,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
         if not p.name.endswith(".tmp") and (p / AGENT).is_file() and (p / BUFFER).is_file()
     )
     return done[-1] if done else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The env steps a checkpoint folder `step_<N>` holds."""
+    return int(checkpoint.name.removeprefix("step_"))
 
 
 def load_rng(checkpoint: Path) -> dict[str, Any] | None:
@@ -185,16 +190,25 @@ class CheckpointCallback(BaseCallback):
         return self._samplers[0]
 
 
-def load_agent(path: Path, obs_dim: int, n_layers: int, device: str = "auto") -> BaseAlgorithm:
-    """Load a SAC agent and check it fits this model and encoder; one-line errors."""
+def read_agent(path: Path, device: str = "auto") -> BaseAlgorithm:
+    """Load a SAC agent file (no model needed: call it before loading one); one-line errors,
+    the cause chained (`--debug` shows it)."""
     from stable_baselines3 import SAC
 
     if not path.is_file():
         raise FileNotFoundError(f"agent {path} not found; train one or pass --agent PATH")
     try:
-        agent = SAC.load(path, device=device)
+        return SAC.load(path, device=device)
     except Exception as exc:  # a truncated or foreign file fails in many ways inside SB3
-        raise ConfigError(f"agent {path} is corrupt or unreadable ({type(exc).__name__})") from None
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else ""
+        raise ConfigError(
+            f"agent {path} is corrupt or unreadable ({cause or type(exc).__name__}); "
+            "--debug shows the traceback"
+        ) from exc
+
+
+def check_agent(agent: BaseAlgorithm, path: Path, obs_dim: int, n_layers: int) -> BaseAlgorithm:
+    """The agent fits this model's layers and this encoder's observations."""
     got_obs, got_act = agent.observation_space.shape, agent.action_space.shape
     if got_obs != (obs_dim,) or got_act != (n_layers,):
         raise ConfigError(
@@ -202,3 +216,8 @@ def load_agent(path: Path, obs_dim: int, n_layers: int, device: str = "auto") ->
             f"this model has {n_layers} layers and the encoder gives {obs_dim} dims"
         )
     return agent
+
+
+def load_agent(path: Path, obs_dim: int, n_layers: int, device: str = "auto") -> BaseAlgorithm:
+    """`read_agent`, then `check_agent`."""
+    return check_agent(read_agent(path, device), path, obs_dim, n_layers)

@@ -11,10 +11,12 @@ import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoModelForCausalLM,
     BertConfig,
     BertModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
 )
 
@@ -69,7 +71,7 @@ def write_mmlu(folder: Path) -> None:
 
 
 def make_tiny_project(
-    root: Path, llm_cfg: LlamaConfig | None = None, pages: int = 4, **overrides: object
+    root: Path, llm_cfg: PretrainedConfig | None = None, pages: int = 4, **overrides: object
 ) -> Path:
     """Write everything under `root`; returns the config path. `llm_cfg` swaps in another
     architecture (random weights) for benchmarks."""
@@ -81,7 +83,7 @@ def make_tiny_project(
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=3,
     )  # fmt: skip
-    LlamaForCausalLM(llm_cfg).save_pretrained(llm_dir)
+    AutoModelForCausalLM.from_config(llm_cfg).save_pretrained(llm_dir)  # any architecture
     n_layers, d_ff = llm_cfg.num_hidden_layers, llm_cfg.intermediate_size
     save_tokenizer(enc_dir)
     enc_cfg = BertConfig(

@@ -35,14 +35,19 @@ def test_checkpoints_are_atomic_and_only_the_newest_is_kept(agent: SAC, tmp_path
     assert (second / BUFFER).is_file()
     loaded = load_agent(second / AGENT, obs_dim=3, n_layers=1, device="cpu")
     assert loaded.num_timesteps == 16
+    # the next checkpoint clears what the killed one left (about 32 MB each on a real run)
+    agent.learn(8)
+    third = save_checkpoint(agent, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [third.name]
 
 
 def test_load_agent_refuses_broken_or_mismatched(agent: SAC, tmp_path: Path) -> None:
     path = save_checkpoint(agent, tmp_path) / AGENT
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ConfigError, match="corrupt or unreadable"):
+    with pytest.raises(ConfigError, match="corrupt or unreadable") as info:
         load_agent(truncated, 3, 1, "cpu")
+    assert info.value.__cause__ is not None  # the reason SB3 gave, shown by --debug
     with pytest.raises(ConfigError, match="trained for 1 layers and 3-dim observations"):
         load_agent(path, obs_dim=384, n_layers=30, device="cpu")
     with pytest.raises(FileNotFoundError):

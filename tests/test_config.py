@@ -48,6 +48,19 @@ def test_set_overrides_parse_yaml_values() -> None:
         ("sac.ent_coef=banana", "sac.ent_coef='banana' is not 'auto'"),
         ("env.target_step=0.15", "env.target_step=0.15 must divide the target range"),
         ("env.radius=0", "config key 'env.radius'"),
+        ("seed=-1", "config key 'seed'"),
+        ("sac.target_entropy=foo", "sac.target_entropy='foo' is not 'auto' or a number"),
+        ("sac.net_arch=[]", "config key 'sac.net_arch'"),
+        ("sac.net_arch=[0]", "config key 'sac.net_arch.0'"),
+        ("sac.net_arch=[-5]", "config key 'sac.net_arch.0'"),
+        ("sac.ent_coef=-1", "sac.ent_coef=-1.0 must be positive"),
+        ("sac.ent_coef=auto_.inf", "sac.ent_coef='auto_.inf' is not 'auto'"),
+        ("sac.learning_rate=.inf", "config key 'sac.learning_rate'"),
+        ("env.quality_weight=.nan", "config key 'env.quality_weight'"),
+        ("model.device=gpu", "model.device='gpu' is not a torch device"),
+        ("sac.gamma=0.9", "config key 'sac.gamma' was removed: every transition"),
+        ("sac.tau=0.01", "config key 'sac.tau' was removed: every transition"),
+        ("env.max_length=[1,", "is not a YAML value"),
     ],
 )
 def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
@@ -68,6 +81,10 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.yml"
+    latin1.write_bytes(b"# caf\xe9\nseed: 1\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(latin1)
     loop = tmp_path / "loop.yml"
     loop.write_text("base: loop.yml\n")
     with pytest.raises(ConfigError, match="includes itself"):

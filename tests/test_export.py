@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    PretrainedConfig,
+)
 
 from commands.allocations import mean_profile, policy_kept
+from config import load_config
+from data.sources import WikiTextDataSource
 from export.hf import narrow_state_dict, removed_mlp_parameters, size_of
 from main import main
 from pruning.allocation import kept_counts, project_to_target
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
+from scoring.metrics import PerplexityCalculator
 from tests.fixtures import D_FF, N_LAYERS, fails_cleanly, make_tiny_project, runs, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +47,7 @@ def export(config: Path, *argv: str) -> dict:
 def reference_pruned(config: Path, kept: list[int]) -> PrunableLLM:
     """The source model pruned in memory by PrunableLLM: what the export must equal."""
     cfg = yaml.safe_load(config.read_text())
-    model = LlamaForCausalLM.from_pretrained(cfg["model"]["llm"], dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"]["llm"], dtype=torch.float32).eval()
     orderings = torch.tensor(
         json.loads(Path(cfg["env"]["importance_file"]).read_text())["orderings"]
     )
@@ -56,7 +65,8 @@ def test_round_trip_equal_logits_and_generate(project: Path) -> None:
     expected |= {"modeling_pruned_llama.py", "tokenizer.json", "tokenizer_config.json"}
     assert expected <= {p.name for p in folder.iterdir()}
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__name__ == "PrunedLlamaForCausalLM"
+    assert type(model).__name__ == "PrunedForCausalLM"
+    assert model.config.model_type == "pruned_llama"
     assert [layer.mlp.gate_proj.out_features for layer in model.model.layers] == [32, 56]
     assert model.config.pruning["allocation"] == {"spec": "0.5,0.125", "fractions": [0.5, 0.125]}
     assert model.config.pruning["importance_file"].endswith("importance.json")
@@ -116,6 +126,83 @@ def test_size_counts_tied_weights_once() -> None:
     model = tiny_llama(tie_word_embeddings=True)
     untied = sum(t.numel() for t in model.state_dict().values())
     assert size_of(model.state_dict()).parameters == untied - 128 * 32
+
+
+# ---- every architecture with mlp.{gate,up,down}_proj ------------------------------------------
+
+
+def arch_config(model_type: str) -> PretrainedConfig:
+    """A tiny random config of `model_type` for the fixtures' 36-word tokenizer."""
+    common = dict(
+        vocab_size=36, hidden_size=32, intermediate_size=D_FF, num_hidden_layers=N_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )  # fmt: skip
+    extra: dict[str, dict] = {
+        "llama": {},
+        "qwen2": {},  # q/k/v biases
+        "mistral": {"sliding_window": 8},
+        "gemma3_text": {
+            "head_dim": 8,
+            "sliding_window": 8,  # GELU, scaled embeddings, 4 norms
+            "layer_types": ["sliding_attention", "full_attention"],
+        },  # fmt: skip
+    }
+    return AutoConfig.for_model(model_type, **common, **extra[model_type])
+
+
+def randomise_vectors(folder: Path) -> None:
+    """Biases and norm weights start at 0 or 1; random values make a dropped one visible."""
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(0.1 * torch.randn(param.shape, generator=gen))
+    model.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "gemma3_text"])
+def test_export_keeps_the_source_architecture(
+    model_type: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = make_tiny_project(tmp_path, arch_config(model_type))
+    randomise_vectors(tmp_path / "llm")
+    result = export(config, "0.5,0.125")
+    folder = Path(result["model_dir"])
+    modeling = f"modeling_pruned_{model_type}.py"
+    assert modeling in {p.name for p in folder.iterdir()}
+    written = json.loads((folder / "config.json").read_text())
+    assert written["model_type"] == f"pruned_{model_type}"
+    assert written["auto_map"]["AutoModelForCausalLM"] == f"{modeling[:-3]}.PrunedForCausalLM"
+    assert "quantization_config" not in written
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    source_class = type(AutoModelForCausalLM.from_config(arch_config(model_type)))
+    assert isinstance(model, source_class)  # a subclass of the source's own class
+    assert [layer.mlp.gate_proj.out_features for layer in model.model.layers] == [32, 56]
+    ids = torch.randint(4, 30, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = reference_pruned(config, result["kept"])
+    with torch.no_grad():
+        theirs, ours = model(ids).logits, ref(ids).logits
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-6)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer("the game of", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out, ref.generate(**prompt, max_new_tokens=6, do_sample=False))
+    # the project's own `generate` (global neurons: the same kept neurons) decodes the same
+    argv = ["--config", str(config), "0.5,0.125", "--set", "env.neurons=global"]
+    assert main(["generate", *argv, "--prompt", "the game of", "--max-new-tokens", "6"]) == 0
+    run = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run"])
+    tokens = json.loads((run / "generate.json").read_text())["results"][0]["tokens"]
+    assert tokens == out[0, prompt["input_ids"].shape[1] :].tolist()[: len(tokens)]
+    # and `score` of the allocation equals the export scored by the same metric code
+    assert main(["score", *argv, "--limit", "2"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = load_config(config)
+    docs = WikiTextDataSource(Path(str(cfg.data.wikitext_path))).load("test")[:2]
+    calc = PerplexityCalculator(model, tokenizer, cfg.env.max_length, "bos", batch_size=1)
+    theirs = calc.evaluate(docs)["word_perplexity"]
+    assert theirs == pytest.approx(ours["word_perplexity"], rel=1e-5)
 
 
 # ---- budget agents -----------------------------------------------------------------------------

@@ -1,0 +1,209 @@
+"""Dense quality and the matched-sparsity sweep of one real model, with the project's commands.
+
+Every number comes from `python3 main.py importance|score|search` run as a subprocess (their last
+stdout line is JSON); this script only builds the allocations and collects the table:
+
+- dense WikiText-2 test word perplexity (`--max-length`-token rolling windows, lm-eval's metric)
+  and MMLU accuracy 0-shot and 5-shot (`letter`, lm-eval's acc) on a seeded sample;
+- at each target: uniform and first/last 2 layers dense (both exactly on target, as `eval`
+  builds them) and the `search` profile, each with global and with context neurons.
+
+    python3 bench/real_models.py --preset configs/qwen2.5-coder-1.5b.yml \\
+        --gguf /tmp/qwen1.5b.gguf --mmlu /tmp/mmlu --out bench/results/real_qwen1.5b_h200
+
+`--gguf` (optional) loads a GGUF joined by hand instead of the preset's part packages; the model
+is de-quantized into cache/models/ on the first command and loaded from there afterwards. A
+missing importance file is computed first (`importance`). Results are appended to
+`<out>/results.json` as they arrive and a rerun skips what is there, so the stages can be split
+over several jobs (`--stages`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from commands.allocations import baseline_kept  # noqa: E402
+from config import load_config, resolve_path  # noqa: E402
+
+STAGES = ("importance", "dense", "mmlu", "search", "sweep")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", required=True, help="configs/<model>.yml")
+    p.add_argument("--gguf", default=None, help="a joined GGUF file instead of the preset's parts")
+    p.add_argument("--mmlu", default=None, help="folder of the MMLU CSVs (test/ dev/ val/)")
+    p.add_argument("--out", required=True, help="results folder (results.json, runs/)")
+    p.add_argument("--device", default="auto", help="model.device (%(default)s)")
+    p.add_argument("--dtype", default="float32", help="model.dtype (%(default)s)")
+    p.add_argument("--max-length", type=int, default=256, help="WikiText window (%(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="first N test documents (all: None)")
+    p.add_argument("--mmlu-samples", type=int, default=2000, help="seeded sample; 0 = all 14,042")
+    p.add_argument("--mmlu-shots", default="0,5", help="few-shot counts (%(default)s)")
+    p.add_argument("--mmlu-length", type=int, default=2048, help="MMLU prompt tokens (5-shot)")
+    p.add_argument("--targets", default="0.1,0.2,0.3,0.4,0.5")
+    p.add_argument("--search-generations", type=int, default=40)
+    p.add_argument("--stages", default=",".join(STAGES), help=f"any of {','.join(STAGES)}")
+    p.add_argument("--batch-size", type=int, default=16, help="env.batch_size (%(default)s)")
+    p.add_argument("--set", action="append", default=[], help="more section.key=value for all")
+    return p.parse_args(argv)
+
+
+class Runner:
+    """Runs main.py commands with the shared settings and keeps their JSON results."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.file = self.out / "results.json"
+        self.results: dict[str, Any] = (
+            json.loads(self.file.read_text()) if self.file.is_file() else {}
+        )
+        sets = [
+            f"model.device={args.device}",
+            f"model.dtype={args.dtype}",
+            f"train.runs_dir={self.out / 'runs'}",
+            f"env.batch_size={args.batch_size}",
+            *args.set,
+        ]
+        if args.gguf:
+            sets += [f"model.llm={Path(args.gguf).resolve()}", "model.llm_sha256=null",
+                     "model.llm_bytes=null"]  # fmt: skip
+        self.base = ["--config", args.preset] + [x for s in sets for x in ("--set", s)]
+        self.cfg = load_config(args.preset, sets)
+
+    def main(self, key: str, command: str, *argv: str) -> dict[str, Any]:
+        """`main.py command` once per key (cached in results.json); its final JSON line."""
+        if key in self.results:
+            return self.results[key]
+        cmd = [sys.executable, str(ROOT / "main.py"), command, *self.base, *argv]
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd[2:])}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+            raise SystemExit(f"{key}: main.py {command} exited {proc.returncode}")
+        lines = [x for x in proc.stdout.strip().splitlines() if x.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {}
+        result["wall_seconds"] = round(time.perf_counter() - start, 1)
+        self.results[key] = result
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=2) + "\n")
+        tmp.replace(self.file)
+        return result
+
+
+def wikitext(runner: Runner, key: str, allocation: str, *extra: str) -> dict[str, Any]:
+    limit = ["--limit", str(runner.args.limit)] if runner.args.limit else []
+    length = f"env.max_length={runner.args.max_length}"
+    return runner.main(key, "score", allocation, *limit, "--set", length, *extra)
+
+
+def fractions_arg(kept: Any, width: int) -> str:
+    """Kept counts as the fractions `score` turns back into exactly these counts."""
+    return ",".join(f"{1 - int(k) / width:.12g}" for k in kept)
+
+
+def model_dims(runner: Runner) -> tuple[int, int]:
+    """(layers, MLP width) from the importance file (what every command checks it against)."""
+    from pruning.create_pruning_mask import read_importance_json
+
+    orderings = read_importance_json(importance_file(runner)).orderings
+    return int(orderings.shape[0]), int(orderings.shape[1])
+
+
+def importance_file(runner: Runner) -> Path:
+    cfg = runner.cfg
+    if cfg.env.importance_file:
+        return resolve_path(cfg.env.importance_file)
+    raise SystemExit("the preset must name env.importance_file")
+
+
+def table(runner: Runner, targets: list[float]) -> str:
+    r = runner.results
+    lines = []
+    dense = r.get("dense", {}).get("word_perplexity")
+    if dense is not None:
+        lines.append(
+            f"dense WikiText-2 test word perplexity ({runner.args.max_length}): {dense:.3f}"
+        )
+    for shots in range(6):
+        acc = r.get(f"mmlu_{shots}shot", {}).get("acc")
+        if acc is not None:
+            n = r[f"mmlu_{shots}shot"].get("n", "?")
+            lines.append(f"dense MMLU {shots}-shot accuracy: {acc:.4f} ({n} questions)")
+    arms = ("uniform", "ends_dense", "searched")
+    lines.append("| sparsity | neurons | " + " | ".join(arms) + " |")
+    lines.append("|---" * (2 + len(arms)) + "|")
+    for target in targets:
+        for neurons in ("global", "context"):
+            cells = []
+            for arm in arms:
+                res = r.get(f"{arm}_{target}_{neurons}", {})
+                ppl = res.get("word_perplexity")
+                cells.append("" if ppl is None else f"{ppl:.2f}")
+            lines.append(f"| {target} | {neurons} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runner = Runner(args)
+    stages = set(args.stages.split(","))
+    targets = [float(t) for t in args.targets.split(",")]
+    if "importance" in stages and not importance_file(runner).is_file():
+        runner.main("importance", "importance")
+    if "dense" in stages:
+        wikitext(runner, "dense", "dense")
+    if "mmlu" in stages:
+        if args.mmlu is None:
+            raise SystemExit("--mmlu FOLDER is needed for the mmlu stage")
+        for shots in [int(n) for n in args.mmlu_shots.split(",")]:
+            sample = [] if args.mmlu_samples == 0 else [f"data.max_samples={args.mmlu_samples}"]
+            sets = ["data.dataset=mmlu", f"data.mmlu_path={Path(args.mmlu).resolve()}",
+                    f"env.max_length={args.mmlu_length}", f"env.mmlu_num_fewshot={shots}",
+                    "data.eval_split=test", *sample]  # fmt: skip
+            runner.main(
+                f"mmlu_{shots}shot", "score", "dense", *[x for s in sets for x in ("--set", s)]
+            )
+    profile = None
+    if "search" in stages or "search" in runner.results:
+        result = runner.main(
+            "search", "search",
+            "--set", f"search.targets=[{args.targets}]",
+            "--set", f"search.generations={args.search_generations}",
+            "--set", "search.offspring=16", "--set", "search.survivors=2",
+            "--set", "search.subset=16", "--set", "search.calibration=128",
+            "--set", f"env.max_length={args.max_length}",
+        )  # fmt: skip
+        profile = Path(result["run"]) / "profile.json"
+    if "sweep" in stages:
+        n_layers, width = model_dims(runner)
+        align = runner.cfg.env.align
+        for target in targets:
+            for neurons in ("global", "context"):
+                ctx = ["--set", f"env.neurons={neurons}"]
+                for arm in ("uniform", "ends_dense"):
+                    kept = baseline_kept(arm, target, n_layers, width, align)
+                    wikitext(runner, f"{arm}_{target}_{neurons}", fractions_arg(kept, width), *ctx)
+                if profile is not None:
+                    key = f"searched_{target}_{neurons}"
+                    wikitext(runner, key, str(profile), "--target", str(target), *ctx)
+    text = table(runner, targets)
+    (runner.out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
