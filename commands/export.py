@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ from commands.common import (
     write_json,
 )
 from config import Config, ConfigError, resolve_path
+from export.gguf import (
+    OUTTYPES,
+    check_outtype,
+    check_supported,
+    source_architecture,
+    source_fields,
+    write_gguf,
+)
 from export.hf import (
     ModelingFile,
     Size,
@@ -36,15 +45,17 @@ from export.hf import (
     removed_mlp_parameters,
     size_of,
 )
-from models import LoadedModels, load_models, model_shape, peek_shape
+from models import LoadedModels, load_models, model_shape, peek_shape, resolve_source
 from pruning.allocation import fractions_of, mean_profile, sparsity_of
 from rl.checkpoints import check_agent, read_agent
 
 HELP = (
     "Export a pruned model (each layer's MLP physically narrowed) as a Hugging Face folder that "
     "AutoModelForCausalLM loads with trust_remote_code=True: ALLOCATION as `score` takes it, or "
-    "--agent PATH --target T (the budget policy's mean profile at sparsity T)."
+    "--agent PATH --target T (the budget policy's mean profile at sparsity T). --format gguf "
+    "writes one GGUF file that llama.cpp, Ollama and LM Studio run (LLaMA-family models)."
 )
+FORMATS = ("hf", "gguf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-shard-size", default="5GB", help="largest safetensors file (%(default)s)"
     )
+    parser.add_argument("--format", default="hf", help=f"{' or '.join(FORMATS)} (%(default)s)")
+    parser.add_argument(
+        "--outtype", default=None, help=f"GGUF weight type: {', '.join(OUTTYPES)} (default: f16)"
+    )
 
 
 # ---- which allocation ------------------------------------------------------------------------
@@ -68,6 +83,34 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("give an ALLOCATION or --agent PATH --target T (one of the two)")
     if (args.agent is None) != (args.target is None):
         raise ConfigError("--agent and --target go together: --agent PATH --target T")
+    if args.format not in FORMATS:
+        raise ConfigError(f"unknown --format {args.format!r}; use {' or '.join(FORMATS)}")
+    if args.outtype is not None:
+        if args.format != "gguf":
+            raise ConfigError("--outtype is for --format gguf")
+        try:
+            check_outtype(args.outtype)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def gguf_source(cfg: Config) -> Path:
+    """The source GGUF file whose tokenizer and chat template the export carries over, checked
+    before the model loads: a supported architecture, and a GGUF file (not a folder)."""
+    m = cfg.model
+    source = resolve_source(m.llm, m.cache_dir, m.llm_sha256, m.llm_bytes)  # parts: joined once
+    if source.gguf_file is None:
+        config = Path(source.location) / "config.json"
+        if config.is_file():
+            check_supported(json.loads(config.read_text()).get("model_type", "?"))
+        raise ConfigError(
+            f"--format gguf carries the tokenizer over from a GGUF source, and {cfg.model.llm} "
+            "is a Hugging Face model: convert it once with llama.cpp's convert_hf_to_gguf.py "
+            "(--outtype f32) and set model.llm to that file"
+        )
+    path = Path(source.location) / source.gguf_file
+    check_supported(source_architecture(path))
+    return path
 
 
 def output_folder(args: argparse.Namespace) -> Path | None:
@@ -157,6 +200,47 @@ def save_model(
     tokenizer.save_pretrained(folder)
 
 
+def save_gguf(
+    folder: Path,
+    final: Path,
+    source: Path,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    kept: np.ndarray,
+    outtype: str,
+) -> dict[str, Any]:
+    """`folder`/<source name>-pruned-<outtype>.gguf, written atomically; what was written (its
+    path as it will be once the run is in place: under `final`)."""
+    name = f"{source.stem.split('.')[0]}-pruned-{outtype}.gguf"
+    out: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        written = write_gguf(
+            tmp / name, state, config, kept.tolist(), outtype, source_fields(source)
+        )
+        out.update(
+            gguf_file=str(final / name),
+            gguf_arch=written.arch,
+            gguf_widths=written.widths,  # kept, padded to whole quantization blocks
+            outtype=outtype,
+            gguf_bytes=written.bytes,
+            tensor_types=dict(Counter(written.tensor_types.values())),
+            fallbacks=written.fallbacks,  # tensors kept in f16: rows not whole q8_0 blocks
+        )
+
+    write_atomically(folder, write)
+    padded = int(np.sum(out["gguf_widths"]) - np.sum(kept))
+    if padded:
+        print(f"{padded} zero neurons added in all so that MLP widths are whole {outtype} blocks")
+    if out["fallbacks"]:
+        print(
+            f"{len(out['fallbacks'])} tensors written as F16 (rows not whole blocks): "
+            f"{', '.join(out['fallbacks'][:4])}{' ...' if len(out['fallbacks']) > 4 else ''}"
+        )
+    return out
+
+
 def size_record(size: Size) -> dict[str, int]:
     return {"parameters": size.parameters, "bytes": size.bytes}
 
@@ -177,6 +261,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     check_arguments(args)
     output = output_folder(args)
+    source_gguf = gguf_source(cfg) if args.format == "gguf" else None
     agent = None  # the allocation or the agent is checked before the load
     if args.allocation is not None:
         parse_allocation(args.allocation, (*peek_shape(cfg.model.llm), cfg.env.align))
@@ -201,23 +286,31 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "align": cfg.env.align,
         "importance_file": importance_file(pruner),
     }
-    modeling = modeling_file_for(models.llm)
-    config = pruned_config(models.llm.config.to_dict(), kept, provenance, modeling)
-    config["dtype"] = str(models.dtype).removeprefix("torch.")
-    model = build_pruned_model(config, state, modeling, dict(models.llm.named_buffers()))
-    model.generation_config = copy.deepcopy(models.llm.generation_config)
+    if source_gguf is None:
+        modeling = modeling_file_for(models.llm)
+        config = pruned_config(models.llm.config.to_dict(), kept, provenance, modeling)
+        config["dtype"] = str(models.dtype).removeprefix("torch.")
+        model = build_pruned_model(config, state, modeling, dict(models.llm.named_buffers()))
+        model.generation_config = copy.deepcopy(models.llm.generation_config)
 
     mlp_before = 3 * hidden * width * n_layers
     with staged_run_dir(cfg, "export") as (stage, run_dir):  # a killed export leaves no run
         written, dest = (output, output) if output else (stage / "model", run_dir / "model")
-        write_atomically(
-            written,
-            lambda tmp: save_model(model, models.tokenizer, modeling, tmp, args.max_shard_size),
-        )
+        if source_gguf is None:
+            write_atomically(
+                written,
+                lambda tmp: save_model(model, models.tokenizer, modeling, tmp, args.max_shard_size),
+            )
+            record = {"dtype": config["dtype"]}
+        else:
+            config = models.llm.config.to_dict()
+            outtype = args.outtype or "f16"
+            record = save_gguf(written, dest, source_gguf, state, config, kept, outtype)
         result = {
             "model_dir": str(dest),
+            "format": args.format,
             **provenance,
-            "dtype": config["dtype"],
+            **record,
             "before": size_record(before),
             "after": size_record(after),
             "removed": size_record(

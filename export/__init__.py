@@ -1,1 +1,1 @@
-"""Standalone pruned models: narrowed Hugging Face checkpoints."""
+"""Standalone pruned models: narrowed Hugging Face checkpoints (hf) and GGUF files (gguf)."""
