@@ -51,7 +51,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
     items = load_items(cfg.data, "test", 1)
-    task = make_task(cfg, pruner.llm, models.tokenizer, items)
+    task = make_task(cfg, models.tokenizer, items)
     windows = task.requests(0)  # [(context, targets)]
     rows = [(c + t)[-(cfg.env.max_length + 1) :] for c, t in windows]
     return {"cfg": cfg, "models": models, "pruner": pruner, "task": task, "windows": windows,
