@@ -60,8 +60,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def pruned_logliks(ref: dict[str, Any], kept: np.ndarray) -> list[float]:
     """Per-window log-likelihood sums of the PrunableLLM-pruned model (`score`'s code)."""
-    lls, _ = score_task(ref["pruner"].llm, ref["task"], [0], kept)
-    return list(lls[0])
+    return list(score_task(ref["pruner"].llm, ref["task"], [0], kept)[0])
 
 
 def llama_cpp_logliks(ref: dict[str, Any], gguf: Path, tmp: Path) -> list[float]:
