@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 PRESET = REPO / "configs" / "smollm2-135m.yml"
 
 
@@ -59,13 +60,10 @@ def theirs(model: Path, mmlu: Path, subjects: list[str], shots: int, max_length:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from lm_eval_agreement import load_model  # the WikiText agreement's loader, beside this file
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs = {"gguf_file": model.name} if model.is_file() else {}
-    folder = model.parent if model.is_file() else model
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).to(device)
+    llm, tokenizer = load_model(model)
+    llm = llm.to("cuda" if torch.cuda.is_available() else "cpu")
     template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
