@@ -291,7 +291,8 @@ class SearchConfig(_Section):
     """`search`: EvoPress-style (1 + offspring) evolution of one static allocation per target."""
 
     targets: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
-    generations: int = Field(default=100, gt=0)  # parent updates tried per target
+    start: Literal["uniform", "ends_dense"] = "uniform"  # the parent every target starts from
+    generations: int = Field(default=100, ge=0)  # parent updates tried per target (0: the start)
     offspring: int = Field(default=16, gt=0)  # mutants of the parent per generation
     survivors: int = Field(default=2, gt=0)  # best mutants on the subset, rescored on all windows
     subset: int = Field(default=16, gt=0)  # calibration windows of the cheap first stage

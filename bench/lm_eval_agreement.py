@@ -54,6 +54,7 @@ def load_model(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, kwargs = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
+    kwargs["trust_remote_code"] = True  # a folder `export` wrote names its model class
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
     return model.eval(), tokenizer

@@ -6,7 +6,13 @@ stdout line is JSON); this script only builds the allocations and collects the t
 - dense WikiText-2 test word perplexity (`--max-length`-token rolling windows, lm-eval's metric)
   and MMLU accuracy 0-shot and 5-shot (`letter`, lm-eval's acc) on a seeded sample;
 - at each target: uniform and first/last 2 layers dense (both exactly on target, as `eval`
-  builds them) and the `search` profile, each with global and with context neurons.
+  builds them) and the `search` profile, each with global and with context neurons (`sweep`:
+  one `score` per row);
+- `train`: a budget policy in residual mode around the first/last-2-dense profile (`search`
+  with `search.start=ends_dense` and no generations writes it), so its mean profile is the
+  learned static profile; `eval`: `main.py eval --neurons both` of that policy with the searched
+  profile on WikiText-2 (every arm at exactly each target, context orderings computed once);
+  `mmlu-eval`: the same on MMLU (`--mmlu-samples`, 0 = all 14,042 questions, 0-shot).
 
     python3 bench/real_models.py --preset configs/qwen2.5-coder-1.5b.yml \\
         --gguf /tmp/qwen1.5b.gguf --mmlu /tmp/mmlu --out bench/results/real_qwen1.5b_h200
@@ -35,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from config import load_config, resolve_path  # noqa: E402
 from pruning.allocation import baseline_kept  # noqa: E402
 
-STAGES = ("importance", "dense", "mmlu", "search", "sweep")
+STAGES = ("importance", "dense", "mmlu", "search", "sweep", "train", "eval", "mmlu-eval")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mmlu-length", type=int, default=2048, help="MMLU prompt tokens (5-shot)")
     p.add_argument("--targets", default="0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--search-generations", type=int, default=40)
-    p.add_argument("--stages", default=",".join(STAGES), help=f"any of {','.join(STAGES)}")
+    p.add_argument("--search-start", default="ends_dense", help="search.start (%(default)s)")
+    p.add_argument("--train-steps", type=int, default=30000, help="train.total_steps")
+    p.add_argument("--mmlu-targets", default="0.3,0.5", help="mmlu-eval targets (%(default)s)")
+    p.add_argument(
+        "--stages",
+        default="importance,dense,mmlu,search,sweep",
+        help=f"any of {','.join(STAGES)} (%(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="env.batch_size (%(default)s)")
     p.add_argument("--set", action="append", default=[], help="more section.key=value for all")
     return p.parse_args(argv)
@@ -110,6 +123,33 @@ def wikitext(runner: Runner, key: str, allocation: str, *extra: str) -> dict[str
     return runner.main(key, "score", allocation, *limit, "--set", length, *extra)
 
 
+def search(runner: Runner, key: str, start: str, generations: int) -> dict[str, Any]:
+    """`main.py search` at every target from `start` (`generations` 0: the start itself)."""
+    return runner.main(
+        key, "search",
+        "--set", f"search.targets=[{runner.args.targets}]",
+        "--set", f"search.start={start}", "--set", f"search.generations={generations}",
+        "--set", "search.offspring=16", "--set", "search.survivors=2",
+        "--set", "search.subset=16", "--set", "search.calibration=128",
+        "--set", f"env.max_length={runner.args.max_length}",
+    )  # fmt: skip
+
+
+def mmlu_size(args: argparse.Namespace) -> str:
+    return "all" if args.mmlu_samples == 0 else str(args.mmlu_samples)
+
+
+def mmlu_sets(args: argparse.Namespace, shots: int) -> list[str]:
+    """--set arguments of an MMLU test run with `shots` examples (the seeded sample or all)."""
+    if args.mmlu is None:
+        raise SystemExit("--mmlu FOLDER is needed for the MMLU stages")
+    sample = "null" if args.mmlu_samples == 0 else args.mmlu_samples
+    sets = ["data.dataset=mmlu", f"data.mmlu_path={Path(args.mmlu).resolve()}",
+            f"env.max_length={args.mmlu_length}", f"env.mmlu_num_fewshot={shots}",
+            "data.eval_split=test", f"data.max_samples={sample}", "eval.limit=null"]  # fmt: skip
+    return [x for s in sets for x in ("--set", s)]
+
+
 def fractions_arg(kept: Any, width: int) -> str:
     """Kept counts as the fractions `score` turns back into exactly these counts."""
     return ",".join(f"{1 - int(k) / width:.12g}" for k in kept)
@@ -139,9 +179,10 @@ def table(runner: Runner, targets: list[float]) -> str:
             f"dense WikiText-2 test word perplexity ({runner.args.max_length}): {dense:.3f}"
         )
     for shots in range(6):
-        acc = r.get(f"mmlu_{shots}shot", {}).get("acc")
+        row = r.get(f"mmlu_{shots}shot_{mmlu_size(runner.args)}", {})
+        acc = row.get("acc")
         if acc is not None:
-            n = r[f"mmlu_{shots}shot"].get("n", "?")
+            n = row.get("n", "?")
             lines.append(f"dense MMLU {shots}-shot accuracy: {acc:.4f} ({n} questions)")
     arms = ("uniform", "ends_dense", "searched")
     lines.append("| sparsity | neurons | " + " | ".join(arms) + " |")
@@ -174,26 +215,12 @@ def run(argv: list[str] | None = None) -> int:
     if "dense" in stages:
         wikitext(runner, "dense", "dense")
     if "mmlu" in stages:
-        if args.mmlu is None:
-            raise SystemExit("--mmlu FOLDER is needed for the mmlu stage")
         for shots in [int(n) for n in args.mmlu_shots.split(",")]:
-            sample = [] if args.mmlu_samples == 0 else [f"data.max_samples={args.mmlu_samples}"]
-            sets = ["data.dataset=mmlu", f"data.mmlu_path={Path(args.mmlu).resolve()}",
-                    f"env.max_length={args.mmlu_length}", f"env.mmlu_num_fewshot={shots}",
-                    "data.eval_split=test", *sample]  # fmt: skip
-            runner.main(
-                f"mmlu_{shots}shot", "score", "dense", *[x for s in sets for x in ("--set", s)]
-            )
+            sets = mmlu_sets(args, shots)
+            runner.main(f"mmlu_{shots}shot_{mmlu_size(args)}", "score", "dense", *sets)
     profile = None
     if "search" in stages or "search" in runner.results:
-        result = runner.main(
-            "search", "search",
-            "--set", f"search.targets=[{args.targets}]",
-            "--set", f"search.generations={args.search_generations}",
-            "--set", "search.offspring=16", "--set", "search.survivors=2",
-            "--set", "search.subset=16", "--set", "search.calibration=128",
-            "--set", f"env.max_length={args.max_length}",
-        )  # fmt: skip
+        result = search(runner, "search", args.search_start, args.search_generations)
         profile = Path(result["run"]) / "profile.json"
     if "sweep" in stages:
         n_layers, width = model_dims(runner)
@@ -214,6 +241,35 @@ def run(argv: list[str] | None = None) -> int:
                 off = [r["sparsity"] for r in results if abs(r["sparsity"] - target) > 1e-9]
                 if off:  # matched sparsity is the point of the table
                     raise SystemExit(f"sparsity {off} is not the target {target}")
+    agent = None
+    if "train" in stages or "train" in runner.results:
+        reference = search(runner, "reference", "ends_dense", 0)
+        result = runner.main(
+            "train", "train",
+            "--set", f"env.reference={Path(reference['run']) / 'profile.json'}",
+            "--set", f"train.total_steps={args.train_steps}", "--set", "train.n_envs=32",
+            "--set", "sac.gradient_steps=8", "--set", "train.checkpoint_every=5000",
+            "--set", "sac.learning_starts=1000", "--set", "sac.buffer_size=100000",
+            "--set", "sac.batch_size=256", "--set", "sac.net_arch=[256,256]",
+            "--set", f"env.target_sparsity=[{targets[0]},{targets[-1]}]",
+            "--set", "env.target_step=0.1", "--set", "train.eval_after=false",
+            "--set", "data.max_samples=null", "--set", f"env.max_length={args.max_length}",
+        )  # fmt: skip
+        agent = Path(result["run"]) / "agent_final.zip"
+    policy = ["--agent", str(agent)] + (["--profile", str(profile)] if profile else [])
+    if "eval" in stages and agent is not None:
+        limit = ["--limit", str(args.limit)] if args.limit else ["--set", "eval.limit=null"]
+        runner.main(
+            "eval", "eval", *policy, *limit, "--neurons", "both",
+            "--set", f"eval.targets=[{args.targets}]", "--set", "eval.per_window=false",
+            "--set", f"env.max_length={args.max_length}",
+        )  # fmt: skip
+    if "mmlu-eval" in stages and agent is not None:
+        runner.main(
+            f"mmlu_eval_{mmlu_size(args)}", "eval", *policy, "--neurons", "both",
+            "--set", f"eval.targets=[{args.mmlu_targets}]", "--set", "eval.per_window=false",
+            *mmlu_sets(args, 0),
+        )  # fmt: skip
     text = table(runner, targets)
     (runner.out / "table.md").write_text(text + "\n")
     print(text)

@@ -20,7 +20,7 @@ import yaml
 from config import Config, ConfigError, DataConfig, resolve_path
 from data.code import CodeDataSource
 from data.embeddings import cached_embeddings
-from data.mixed import MixedDataSource, cap_per_kind
+from data.mixed import MixedDataSource, MixedItem, cap_per_kind
 from data.sources import DataSource, chunk_documents, make_data_source
 from models import LoadedModels, ModelSource, peek_shape
 from pruning.importance import importance_file_name
@@ -201,6 +201,15 @@ def training_items(cfg: Config, tokenizer: Any) -> list[Any]:
         order = np.random.default_rng(cfg.seed).permutation(len(items))[: cfg.data.max_samples]
         items = [items[i] for i in sorted(order)]
     return items
+
+
+def decision_texts(items: Sequence[Any]) -> list[str]:
+    """What each training item's decision may read: a mixed-task item's `prompt` (the text
+    before its scored tokens), else the item's own text (the WikiText and MMLU tasks)."""
+    texts = [item.prompt if isinstance(item, MixedItem) else item.text for item in items]
+    if any(t is None for t in texts):
+        raise ValueError("a mixed-task page or file is decided window by window, not whole")
+    return texts
 
 
 def observations(models: LoadedModels, data: DataConfig, texts: Sequence[str]) -> np.ndarray:

@@ -7,7 +7,10 @@ For each target t and each neuron choice (global, context):
    reaches t (`pruning.budgets.oracle_budgets`; cost: the item's share of the overall figure);
    its reached mean m is reported;
 2. every other arm at exactly m: uniform, first/last-2-dense, the searched profile (`--profile`),
-   and with an agent its mean profile and its per-input allocations.
+   and with an agent its mean profile and its per-input decisions (`policy_input`).
+A per-input decision reads only what a deployment knows before the scored tokens: each window of
+a page or file is decided from the text of the window before it ("" for the first) and, with the
+stats lever, from its context ordering (its earlier windows); a question from its prompt.
 Each row holds the per-kind summaries, the token-weighted sparsity and the overall figure
 (`scoring.mixed.overall_figure`, 0 = dense, lower is better). `--agent none`: no policy arms.
 """
@@ -35,6 +38,7 @@ from commands.common import (
 )
 from commands.evaluate import newest_agent
 from config import Config
+from data.mixed import prompts_before
 from models import LoadedModels, load_models
 from pruning.allocation import (
     baseline_kept,
@@ -47,8 +51,10 @@ from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
 from rl.checkpoints import check_agent, read_agent
 from rl.env import observe
 from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
+from scoring.batched import score_samples
 from scoring.mixed import MixedTask, kind_loss, overall_figure
-from scoring.tasks import score_task, task_orderings
+from scoring.tasks import task_orderings
+from scoring.windows import model_input
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
 ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
@@ -56,18 +62,35 @@ STATIC_ARMS = ("uniform", "ends_dense")
 
 
 class MixedEvaluator:
-    """Scores allocations of the mixed task's items; rows carry per-kind and overall figures."""
+    """Scores allocations of the mixed task's items; rows carry per-kind and overall figures.
+
+    Allocations are given per decision unit (`units`): each rolling window of a page or file,
+    each question whole; an allocation per item is the same for all its units."""
 
     def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list) -> None:
         self.pruner, self.n_layers = pruner, pruner.llm.n_layers
         self.task: MixedTask = make_task(cfg, models.tokenizer, items)  # type: ignore[assignment]
         self.weights = cfg.data.active_kinds
         self.tokens = np.array([self.task.item_tokens(i) for i in range(len(self.task))])
+        self.units: list[tuple[int, list[int]]] = []  # (item, its requests)
+        for i in range(len(self.task)):
+            n = len(self.task.requests(i))
+            if self.task.kind(i) == "mmlu":  # a question whole: its four letters share a row
+                self.units.append((i, list(range(n))))
+            else:  # each window of a page or file
+                self.units += [(i, [j]) for j in range(n)]
+        self.unit_item = np.array([i for i, _ in self.units])
+        self.unit_tokens = np.array([self.unit_rows_tokens(u) for u in self.units])
         self.criterion = cfg.importance.criterion
         self.orderings: list | None = None
         self.context_fallbacks = 0
         self.dense_lls, _ = self.score_lls(np.full(self.n_layers, pruner.width), False)
         self.dense = self.task.summary(range(len(self.task)), self.dense_lls)["kinds"]
+
+    def unit_rows_tokens(self, unit: tuple[int, list[int]]) -> int:
+        requests = self.task.requests(unit[0])
+        rows = {tuple(model_input(*requests[j], self.task.max_length)) for j in unit[1]}
+        return sum(len(r) for r in rows)
 
     def context(self, on: bool) -> list | None:
         if on and self.orderings is None:
@@ -77,35 +100,70 @@ class MixedEvaluator:
             )
         return self.orderings if on else None
 
-    def score_lls(
+    def unit_orderings(self) -> list[list]:
+        """Each unit's context orderings, one per request (computed on first use)."""
+        orderings = self.context(True)
+        assert orderings is not None
+        return [[orderings[i][j] for j in reqs] for i, reqs in self.units]
+
+    def unit_prompts(self, tokenizer: Any) -> list[str]:
+        """What each unit's decision may read: the text of the window before it, a prompt."""
+        prompts: list[str] = []
+        for i in range(len(self.task)):
+            requests = self.task.requests(i)
+            if self.task.kind(i) == "mmlu":
+                prompts.append(self.task.tasks["mmlu"].items[self.task.index[i][1]].text)
+            else:
+                prompts += prompts_before([t for _, t in requests], tokenizer.decode)
+        return prompts
+
+    def score_units(
         self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
-    ) -> tuple[list, np.ndarray]:
-        """Log-likelihoods under kept ([n, L] or one [L]); with context neurons, `blend` [n, L]
-        mixes each item's context ranking with the global one (`rl.levers`)."""
-        kept = np.broadcast_to(kept, (len(self.task), self.n_layers))
-        indices = list(range(len(self.task)))
-        orderings = self.context(context)
+    ) -> list[list[float]]:
+        """Per item, its requests' log-likelihoods, unit u under kept[u] ([n_units, L]); with
+        context neurons, `blend` [n_units, L] mixes each unit's context ranking with the global
+        one (`rl.levers`)."""
+        requests = [[self.task.requests(i)[j] for j in reqs] for i, reqs in self.units]
+        orderings = self.unit_orderings() if context else None
         if orderings is not None and blend is not None:
             order = global_ordering(self.pruner.llm)
             orderings = [
-                [blend_orderings(o, order, blend[k]) for o in item]
-                for k, item in enumerate(orderings)
+                [blend_orderings(o, order, blend[u]) for o in unit]
+                for u, unit in enumerate(orderings)
             ]
-        lls = score_task(self.pruner.llm, self.task, indices, kept, orderings)
-        return lls, kept
+        t = self.task
+        lls = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orderings)
+        per_item: list[list[float]] = [[] for _ in range(len(t))]
+        for (i, _), ll in zip(self.units, lls, strict=True):
+            per_item[i] += ll
+        return per_item
 
-    def row(self, lls: list, kept: np.ndarray) -> dict[str, Any]:
+    def score_lls(
+        self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
+    ) -> tuple[list, np.ndarray]:
+        """Log-likelihoods under an allocation per item (kept [n, L] or one [L]; blend [n, L])."""
+        kept = np.broadcast_to(kept, (len(self.task), self.n_layers))
+        unit_blend = None if blend is None else blend[self.unit_item]
+        return self.score_units(kept[self.unit_item], context, unit_blend), kept
+
+    def row(self, lls: list, kept: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, Any]:
+        """Per-kind summaries, overall figure and the token-weighted sparsity of kept (per
+        item; per unit with `tokens` = self.unit_tokens)."""
         kinds = self.task.summary(range(len(self.task)), lls)["kinds"]
         sparsity = np.asarray(sparsity_of(kept, self.pruner.width)).reshape(-1)
         return {
             "overall": overall_figure(kinds, self.dense, self.weights),
-            "sparsity": weighted_mean(sparsity, self.tokens),
+            "sparsity": weighted_mean(sparsity, self.tokens if tokens is None else tokens),
             "kinds": kinds,
         }
 
     def arm(self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None) -> dict:
         lls, kept = self.score_lls(kept, context, blend)
         return self.row(lls, kept)
+
+    def unit_arm(self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None) -> dict:
+        """An allocation (and blend) per unit [n_units, L]."""
+        return self.row(self.score_units(kept, context, blend), kept, self.unit_tokens)
 
     def item_cost(self, i: int, lls: list[float]) -> float:
         """Item i's (linearised) share of the overall figure: text, its log-likelihood over
@@ -136,43 +194,47 @@ class MixedEvaluator:
 
 
 class Policy:
-    """A trained agent's decisions on the eval items: per-layer fractions and, with its levers
-    (`rl.levers`), each item's total budget (projected so the token-weighted mean is the
+    """A trained agent's decisions on the eval units (each window of a page or file, each
+    question), read from what precedes the scored tokens: per-layer fractions and, with its
+    levers (`rl.levers`), each unit's total budget (projected so the token-weighted mean is the
     target) and per-layer blend of context and global ranking."""
 
     def __init__(
-        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, items: list,
-        agent: Any, warnings: list[str],
+        self, cfg: Config, models: LoadedModels, ev: MixedEvaluator, path: Path, agent: Any,
+        warnings: list[str],
     ) -> None:  # fmt: skip
         env, warning = agent_env(path, cfg.env)
         if warning:
             warn(warning, warnings)
         self.ev, self.levers, self.radius = ev, tuple(env.levers), env.budget_radius
         self.action_map = ev.pruner.action_map(env)
-        obs = observations(models, cfg.data, [item.text for item in items])
+        obs = observations(models, cfg.data, ev.unit_prompts(models.tokenizer))
         if "stats" in self.levers:
-            features = item_features(ev.context(True), global_ordering(ev.pruner.llm))
+            features = item_features(ev.unit_orderings(), global_ordering(ev.pruner.llm))
             obs = np.concatenate([obs, features], axis=1, dtype=np.float32)
         self.obs = obs
         n_actions = action_dim(ev.n_layers, self.levers)
         self.agent = check_agent(agent, path, obs.shape[1] + self.action_map.budget, n_actions)
 
     def arms(self, target: float, context: bool) -> dict[str, dict]:
-        """policy_mean (its mean profile and mean blend for every item) and policy_doc (each
-        item its own allocation, budget and blend), both at token-weighted mean `target`."""
+        """policy_mean (its mean profile and mean blend for every unit) and policy_input (each
+        unit its own allocation, budget and blend), both at token-weighted mean `target`."""
         targets = np.full(len(self.obs), target)
         actions, _ = self.agent.predict(observe(self.obs, targets), deterministic=True)
         layer, blend, budget = split_actions(actions, self.ev.n_layers, self.levers)
         at_target = self.action_map.kept(layer, targets)
         mean = mean_profile(at_target, target, self.action_map.width, self.action_map.align)
-        mean_blend = None if blend is None else np.broadcast_to(blend.mean(0), blend.shape)
+        n_items = len(self.ev.task)
+        mean_blend = (
+            None if blend is None else np.broadcast_to(blend.mean(0), (n_items, blend.shape[1]))
+        )
         budgets = targets
         if budget is not None:
-            budgets = project_budgets(target + self.radius * budget, self.ev.tokens, target)
-        per_item = self.action_map.kept(layer, budgets)
+            budgets = project_budgets(target + self.radius * budget, self.ev.unit_tokens, target)
+        per_unit = self.action_map.kept(layer, budgets)
         return {
             "policy_mean": self.ev.arm(mean, context, mean_blend),
-            "policy_doc": self.ev.arm(per_item, context, blend),
+            "policy_input": self.ev.unit_arm(per_unit, context, blend),
         }
 
 
@@ -193,7 +255,7 @@ def evaluate_mixed(
     policy, warnings = None, []
     if agent_path is not None:
         agent = agent if agent is not None else read_agent(agent_path)
-        policy = Policy(cfg, models, ev, agent_path, items, agent, warnings)
+        policy = Policy(cfg, models, ev, agent_path, agent, warnings)
     profile = profile or cfg.eval.profile
     sweep = []
     for target in cfg.eval.targets:
@@ -248,7 +310,7 @@ def gains(arms: dict[str, dict]) -> dict[str, Any]:
     room = static[best] - arms["oracle"]["overall"]
     captured = {
         a: (static[best] - arms[a]["overall"]) / room if room > 0 else None
-        for a in ("policy_mean", "policy_doc")
+        for a in ("policy_mean", "policy_input")
         if a in arms
     }
     return {"best_static": best, "oracle_gain": room, "captured": captured}

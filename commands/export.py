@@ -18,6 +18,7 @@ import numpy as np
 from commands.allocations import add_allocation_argument, agent_env, parse_allocation, policy_kept
 from commands.build import Pruner, make_action_map, make_pruner
 from commands.common import (
+    decision_texts,
     observations,
     remove_stale_temporaries,
     seed_everything,
@@ -146,7 +147,7 @@ def agent_kept(
         )
     n_layers, width = model_shape(models.llm)
     items = training_items(cfg, models.tokenizer)
-    emb = observations(models, cfg.data, [item.text for item in items])  # [n_items, dim]
+    emb = observations(models, cfg.data, decision_texts(items))  # [n_items, dim]
     check_agent(agent, agent_path, emb.shape[1] + 1, n_layers)
     action_map = make_action_map(env, n_layers, width)
     kept = mean_profile(policy_kept(agent, emb, target, action_map), target, width, env.align)

@@ -2,7 +2,8 @@
 
 Evaluation items are whole pages, files and questions; training items cut pages and files into
 `env.max_length`-token windows (as WikiText training does) and keep MMLU questions whole; a
-window's context (context neurons) is the windows of its page or file before it.
+window's context (context neurons) is the windows of its page or file before it, and what its
+decision reads (`MixedItem.prompt`) is the text of the window before it (a question: its prompt).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from commands.common import load_split
 from config import Config
-from data.mixed import MixedItem, by_kind
+from data.mixed import MixedItem, by_kind, prompts_before
 from data.sources import chunk_documents
 from rl.reward import RewardFn, make_budget_reward
 from scoring.metrics import PerplexityCalculator
@@ -31,10 +32,23 @@ def mixed_training_items(cfg: Config, tokenizer: Any) -> list[MixedItem]:
     rng = np.random.default_rng(cfg.seed)
     for kind, idx in by_kind(items).items():
         docs = [items[i].item for i in idx]
-        units = docs if kind == "mmlu" else chunk_documents(docs, tokenizer, cfg.env.max_length)
+        if kind == "mmlu":
+            units = [MixedItem(kind, q, q.text) for q in docs]
+        else:
+            chunks = chunk_documents(docs, tokenizer, cfg.env.max_length)
+            by_doc: dict[int, list[Any]] = {}
+            for chunk in chunks:
+                by_doc.setdefault(chunk.doc_index, []).append(chunk)
+            units = [
+                MixedItem(kind, chunk, prompt)
+                for doc in by_doc.values()
+                for chunk, prompt in zip(
+                    doc, prompts_before([c.token_ids for c in doc], tokenizer.decode), strict=True
+                )
+            ]
         if cfg.data.max_samples and len(units) > cfg.data.max_samples:
             units = [units[i] for i in sorted(rng.permutation(len(units))[: cfg.data.max_samples])]
-        out += [MixedItem(kind, unit) for unit in units]
+        out += units
     return out
 
 

@@ -62,7 +62,7 @@ def profile_entry(target: float, result: SearchResult, width: int, seconds: floa
         "fractions": (1 - kept / width).tolist(),
         "sparsity": float(1 - kept.sum() / (len(kept) * width)),
         "fitness": result.fitness,
-        "uniform_fitness": result.uniform_fitness,
+        "start_fitness": result.start_fitness,
         "evaluations": result.evaluations,
         "tokens_scored": result.tokens_scored,
         "seconds": round(seconds, 2),
@@ -73,11 +73,11 @@ def profile_entry(target: float, result: SearchResult, width: int, seconds: floa
 
 
 def print_table(profiles: list[dict]) -> None:
-    head = ("target", "uniform NLL", "searched NLL", "evals", "evals/s", "tokens/s")
+    head = ("target", "start NLL", "searched NLL", "evals", "evals/s", "tokens/s")
     print(f"{head[0]:>7} {head[1]:>14} {head[2]:>14} {head[3]:>7} {head[4]:>8} {head[5]:>9}")
     for p in profiles:
         print(
-            f"{p['target']:>7.3f} {p['uniform_fitness']:>14.2f} {p['fitness']:>14.2f} "
+            f"{p['target']:>7.3f} {p['start_fitness']:>14.2f} {p['fitness']:>14.2f} "
             f"{p['evaluations']:>7d} {p['evaluations_per_second']:>8.2f} "
             f"{p['tokens_per_second']:>9.1f}"
         )
@@ -123,6 +123,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "align": shape[2],
         "importance_file": str(pruner.orderings_file),
         "calibration": len(items),
+        "start": cfg.search.start,
         "neurons": cfg.env.neurons,
         "tokens_per_evaluation": int(tokens.sum()),
         "profiles": profiles,
@@ -132,7 +133,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     print_table(profiles)
     print(f"wrote {run_dir / 'profile.json'}")
     headline = [
-        {k: p[k] for k in ("target", "uniform_fitness", "fitness", "evaluations_per_second")}
+        {k: p[k] for k in ("target", "start_fitness", "fitness", "evaluations_per_second")}
         for p in profiles
     ]
     print(json.dumps({"run": str(run_dir), "profiles": headline}))

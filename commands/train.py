@@ -16,6 +16,7 @@ from stable_baselines3 import SAC
 
 from commands.build import make_pruner, make_vec_env
 from commands.common import (
+    decision_texts,
     new_run_dir,
     observations,
     resolve_path,
@@ -187,7 +188,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     models = load_models(cfg.model, llm=in_process)
     pruner = make_pruner(cfg, models) if in_process else None
     items = training_items(cfg, models.tokenizer)
-    embeddings = observations(models, cfg.data, [item.text for item in items])
+    embeddings = observations(models, cfg.data, decision_texts(items))
     env = make_vec_env(cfg, pruner, models.tokenizer, items, embeddings)
     gc.freeze()  # the model's objects never die: keep the collector off them (steadier steps)
     obs_dim, n_layers = env.observation_space.shape[0], env.action_space.shape[0]

@@ -21,11 +21,21 @@ MIXED_SPLITS = {
 class MixedItem:
     kind: str  # wikitext | code | mmlu
     item: Any  # WikiDocument, CodeFile, TextChunk or MMLUQuestion
-    type: str = "mixed"
+    # what a decision about this item may read (a training window: the text before it; a
+    # question: its prompt); None for an evaluation page or file, decided window by window
+    prompt: str | None = None
 
     @property
     def text(self) -> str:
         return self.item.text
+
+
+def prompts_before(
+    windows: Sequence[Sequence[int]], decode: Callable[[list[int]], str]
+) -> list[str]:
+    """What a deployment knows before each of a document's consecutive windows (token lists):
+    the text of the window before it, "" for the first. Never a window's own tokens."""
+    return [""] + [decode(list(w)) for w in windows[:-1]]
 
 
 class MixedDataSource:

@@ -3,11 +3,12 @@
 Pure NumPy, no model: the caller supplies `fitness(candidates [n, n_layers], windows) -> [n]`
 (summed negative log-likelihood of those calibration windows; lower is better).
 
-A (1 + offspring) loop: the parent starts uniform at the target. Each generation makes
-`offspring` mutants (each moves 1..mutation_blocks `align`-blocks from one layer to another, so
-the total stays exactly on budget), ranks them on a fresh random `subset` of the windows
-(stage 1, cheap), rescores the best `survivors` on all windows (stage 2), and the best survivor
-replaces the parent only when its full-set fitness is lower: the parent never gets worse.
+A (1 + offspring) loop: the parent starts at `search.start` (uniform or first/last 2 dense) at
+the target. Each generation makes `offspring` mutants (each moves 1..mutation_blocks
+`align`-blocks from one layer to another, so the total stays exactly on budget), ranks them on a
+fresh random `subset` of the windows (stage 1, cheap), rescores the best `survivors` on all
+windows (stage 2), and the best survivor replaces the parent only when its full-set fitness is
+lower: the parent never gets worse.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config import SearchConfig
-from pruning.allocation import uniform_at_target
+from pruning.allocation import baseline_kept
 
 Fitness = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (kept [n, L], windows [w]) -> [n]
 
@@ -49,7 +50,7 @@ class SearchResult:
 
     kept: np.ndarray  # [n_layers] int64
     fitness: float  # full-set fitness of `kept`
-    uniform_fitness: float  # full-set fitness of the starting (uniform) allocation
+    start_fitness: float  # full-set fitness of the starting allocation (`search.start`)
     evaluations: int  # candidate scorings (stage 1 and stage 2 alike, and the first parent)
     tokens_scored: int  # tokens scored over all evaluations
     history: list[dict] = field(default_factory=list)  # one row per generation (0 = start)
@@ -83,8 +84,8 @@ def evolve(
         cost["tokens"] += len(candidates) * int(window_tokens[windows].sum())
         return np.asarray(fitness(candidates, windows), dtype=np.float64)
 
-    parent = uniform_at_target(target, n_layers, width, align)
-    best = uniform = float(score(parent[None], everything)[0])
+    parent = baseline_kept(search.start, target, n_layers, width, align)
+    best = start = float(score(parent[None], everything)[0])
     history: list[dict] = []
 
     def record(generation: int) -> None:
@@ -118,4 +119,4 @@ def evolve(
         if stage2[winner] < best:
             parent, best = finalists[winner], float(stage2[winner])
         record(generation)
-    return SearchResult(parent, best, uniform, cost["evaluations"], cost["tokens"], history)
+    return SearchResult(parent, best, start, cost["evaluations"], cost["tokens"], history)

@@ -82,8 +82,7 @@ def item_features(
     orderings: Sequence[Sequence[torch.Tensor | None]], global_order: torch.Tensor
 ) -> np.ndarray:
     """[n_items, dim]: each item's features from the first of its requests that has a context
-    (a training window: its earlier windows; a page: its first window; a question: its
-    prompt)."""
+    (a training window or an eval window: its earlier windows; a question: its prompt)."""
     firsts = [next((o for o in item if o is not None), None) for item in orderings]
     return np.stack([context_features(o, global_order, FEATURE_FRACTIONS) for o in firsts])
 

@@ -118,7 +118,7 @@ def test_train_and_search_with_context_neurons(
     search = ["--set", "search.generations=2", "--set", "search.targets=[0.5]"]
     assert main(["search", "--config", str(project), *context, *search]) == 0
     (profile,) = last_json(capsys)["profiles"]
-    assert profile["fitness"] <= profile["uniform_fitness"]
+    assert profile["fitness"] <= profile["start_fitness"]
 
 
 def test_importance_writes_orderings(project: Path) -> None:

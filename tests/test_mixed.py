@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.mixed import MixedDataSource, MixedItem, cap_per_kind
+from commands.build import make_pruner
+from commands.common import decision_texts, load_items
+from commands.evaluate_mixed import MixedEvaluator
+from commands.mixed import mixed_training_items
+from config import load_config
+from data.mixed import MixedDataSource, MixedItem, cap_per_kind, prompts_before
 from main import main
+from models import load_models
 from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
 from scoring.mixed import answer_perplexity, kind_loss, overall_figure
 from tests.fixtures import fails_cleanly, last_json, make_tiny_project
@@ -166,13 +172,61 @@ def test_train_and_eval_with_levers(
     (entry,) = result["sweep"]
     arms = entry["arms"]
     assert set(arms) == {
-        f"{a}_context" for a in ("oracle", "uniform", "ends_dense", "policy_mean", "policy_doc")
+        f"{a}_context" for a in ("oracle", "uniform", "ends_dense", "policy_mean", "policy_input")
     }
     # per-input budgets projected onto the oracle's token-weighted mean, to within one neuron
-    assert arms["policy_doc_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
-    assert set(entry["gains"]["captured"]) == {"policy_mean", "policy_doc"}
+    assert arms["policy_input_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
+    assert set(entry["gains"]["captured"]) == {"policy_mean", "policy_input"}
 
 
 def test_levers_need_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["train", "--config", str(project), *MIXED, "--set", "env.levers=[blend]"]
     fails_cleanly(capsys, argv, "reads context orderings: set env.neurons=context", project)
+
+
+def test_prompts_before_never_hold_a_windows_own_tokens() -> None:
+    decode = lambda ids: " ".join(map(str, ids))  # noqa: E731
+    assert prompts_before([[1, 2], [3], [4, 5]], decode) == ["", "1 2", "3"]
+    assert prompts_before([[7]], decode) == [""]
+
+
+def test_decisions_read_only_what_precedes_the_scored_tokens(project: Path) -> None:
+    """Training windows and eval windows are decided from the window before them ("" for a
+    page's or file's first), a question from its prompt; whole pages have no decision text."""
+    cfg = load_config(project, ["data.dataset=mixed", "env.neurons=context"])
+    models = load_models(cfg.model)
+    train = mixed_training_items(cfg, models.tokenizer)
+    texts = decision_texts(train)
+    windows = [(k, m) for k, m in enumerate(train) if m.kind != "mmlu"]
+    for k, m in windows:
+        before = train[k - 1] if m.item.chunk_index else None
+        assert texts[k] == ("" if before is None else before.text)
+        assert before is None or before.item.doc_index == m.item.doc_index
+    assert any(
+        m.item.chunk_index for _, m in windows
+    )  # later windows exist, and read the one before
+    assert all(texts[k] == m.item.text for k, m in enumerate(train) if m.kind == "mmlu")
+    items = load_items(cfg.data, "test", 2)
+    with pytest.raises(ValueError, match="window by window"):
+        decision_texts(items)
+    ev = MixedEvaluator(cfg, models, make_pruner(cfg, models), items)
+    prompts = ev.unit_prompts(models.tokenizer)
+    assert (
+        len(prompts)
+        == len(ev.units)
+        == sum(
+            1 if ev.task.kind(i) == "mmlu" else len(ev.task.requests(i)) for i in range(len(items))
+        )
+    )
+    for u, (i, reqs) in enumerate(ev.units):
+        if ev.task.kind(i) == "mmlu":
+            assert prompts[u] == items[i].text and reqs == [0, 1, 2, 3]
+        else:
+            (j,) = reqs
+            previous = ev.task.requests(i)[j - 1][1] if j else None
+            assert prompts[u] == ("" if j == 0 else models.tokenizer.decode(previous))
+    # a unit's stats come from its own context ordering: none for a first window
+    orders = ev.unit_orderings()
+    assert [o[0] is None for o in orders] == [
+        ev.task.kind(i) != "mmlu" and reqs == [0] for i, reqs in ev.units
+    ]

@@ -71,7 +71,7 @@ def test_evolve_never_gets_worse_and_beats_uniform() -> None:
     grid = np.array(list(itertools.product(range(9), repeat=n_layers)))
     grid = grid[grid.sum(1) == 24] * align
     best = separable_fitness(weights, width)(grid, np.arange(10)).min()
-    assert result.uniform_fitness == pytest.approx(38.75)
+    assert result.start_fitness == pytest.approx(38.75)
     assert result.fitness == pytest.approx(best) == pytest.approx(17.1875)
     assert result.kept.tolist() == [56, 24, 24, 32, 56, 0]
     assert len(result.history) == 61
@@ -79,6 +79,17 @@ def test_evolve_never_gets_worse_and_beats_uniform() -> None:
     assert result.evaluations == 1 + 60 * 10
     assert result.tokens_scored == 5 * (10 + 60 * (8 * 3 + 2 * 10))
     assert result.history[-1]["evaluations"] == result.evaluations
+
+
+def test_evolve_starts_from_the_ends_dense_baseline() -> None:
+    search = SearchConfig(start="ends_dense", generations=0)
+    result = evolve(
+        separable_fitness(np.ones(6), 64), 0.3, 6, 64, 8, np.ones(4), search,
+        np.random.default_rng(0),
+    )  # fmt: skip
+    # generations 0: the start itself, first and last 2 layers dense, the middle on budget
+    assert result.kept.tolist() == [64, 64, 8, 8, 64, 64]
+    assert result.evaluations == 1 and result.fitness == result.start_fitness
 
 
 def test_evolve_stops_at_the_evaluation_budget() -> None:
@@ -111,7 +122,7 @@ def test_search_cli_writes_a_profile_that_score_reads(
         kept = np.asarray(profile["kept"])
         assert kept.sum() == target_blocks(profile["target"], N_LAYERS, D_FF, 8) * 8
         assert np.allclose(profile["fractions"], 1 - kept / D_FF)
-        assert profile["fitness"] <= profile["uniform_fitness"]
+        assert profile["fitness"] <= profile["start_fitness"]
         assert profile["evaluations"] == 1 + 3 * (4 + 2)
         assert len(profile["history"]) == 4
         assert profile["tokens_scored"] == profile["history"][-1]["tokens_scored"]
