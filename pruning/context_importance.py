@@ -79,30 +79,41 @@ def context_orderings(
 
     plans[i] = (rows, uses): the item's context rows, and for each of its requests how many
     leading rows form its context (0: no context, None: the caller falls back to the global
-    order). Requests with the same count share one tensor object. Rows are processed in chunks
-    of whole items so at most about ROWS_PER_CHUNK rows of statistics are held at once.
+    order). Items may share one rows object (training windows of one document): its leading rows
+    are then read once, as far as any of them uses. Requests with the same count share one tensor
+    object. Row sets are processed in chunks so at most about ROWS_PER_CHUNK rows of statistics
+    are held at once.
     """
-    result: list[list[torch.Tensor | None]] = []
+    groups: dict[int, tuple[Sequence[Sequence[int]], list[int]]] = {}  # id(rows) -> rows, items
+    for i, (rows, _) in enumerate(plans):
+        groups.setdefault(id(rows), (rows, []))[1].append(i)
+    units = [
+        (rows[: max((u for i in items for u in plans[i][1]), default=0)], items)
+        for rows, items in groups.values()
+    ]
+    result: list[list[torch.Tensor | None]] = [[] for _ in plans]
     start = 0
-    while start < len(plans):
+    while start < len(units):
         stop, n_rows = start, 0
-        while stop < len(plans) and (
-            stop == start or n_rows + len(plans[stop][0]) <= ROWS_PER_CHUNK
+        while stop < len(units) and (
+            stop == start or n_rows + len(units[stop][0]) <= ROWS_PER_CHUNK
         ):
-            n_rows += len(plans[stop][0])
+            n_rows += len(units[stop][0])
             stop += 1
-        rows = [row for item_rows, _ in plans[start:stop] for row in item_rows]
+        rows = [row for unit_rows, _ in units[start:stop] for row in unit_rows]
         sums = row_statistics(model, rows, criterion, batch_size) if rows else None
         offset = 0
-        for item_rows, uses in plans[start:stop]:
-            wanted = sorted({u for u in uses if u > 0})
+        for unit_rows, items in units[start:stop]:
+            wanted = sorted({u for i in items for u in plans[i][1] if u > 0})
+            by_use: dict[int, torch.Tensor] = {}
             if wanted:
-                cumulative = sums[offset : offset + len(item_rows)].cumsum(dim=0)
+                cumulative = sums[offset : offset + len(unit_rows)].cumsum(dim=0)
                 ords = orderings_from_statistics(
                     model, cumulative[[u - 1 for u in wanted]], criterion
                 )
                 by_use = dict(zip(wanted, ords, strict=True))
-            result.append([by_use[u] if u > 0 else None for u in uses])
-            offset += len(item_rows)
+            for i in items:
+                result[i] = [by_use[u] if u > 0 else None for u in plans[i][1]]
+            offset += len(unit_rows)
         start = stop
     return result

@@ -59,12 +59,32 @@ class WindowTask:
         batch_size: int = 8,
         contexts: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> None:
-        """contexts[i]: the windows of item i's document before it (context neurons only)."""
+        """contexts[i]: the windows of item i's document before it (context neurons only).
+        Items whose contexts are prefixes of one list of the same window objects (the windows of
+        one document) share one list of context rows, so their statistics are collected once."""
         self.max_length, self.batch_size = max_length, batch_size
         self._requests = [rolling_windows(list(t), prefix_token, max_length) for t in token_lists]
         self._counts = [max(len(t), 1) for t in token_lists]
         self._prefix = prefix_token
-        self._contexts = contexts
+        self._plans: list[tuple[list[list[int]], int]] | None = None
+        if contexts is not None:
+            longest: dict[int, Sequence[Sequence[int]]] = {}
+            for ctx in contexts:
+                if ctx and len(ctx) > len(longest.get(id(ctx[0]), ())):
+                    longest[id(ctx[0])] = ctx
+            shared = {key: self._rows(ctx) for key, ctx in longest.items()}
+            self._plans = []
+            for ctx in contexts:
+                full = longest.get(id(ctx[0])) if ctx else None
+                n = sum(1 for w in ctx if w)
+                if full is not None and full[len(ctx) - 1] is ctx[-1]:
+                    self._plans.append((shared[id(ctx[0])], n))
+                else:  # not a prefix of its document's list: rows of its own
+                    self._plans.append((self._rows(ctx), n))
+
+    def _rows(self, windows: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Context windows as the model reads them: each after the prefix token."""
+        return [[self._prefix, *w][: self.max_length] for w in windows if w]
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -81,11 +101,12 @@ class WindowTask:
 
     def context_rows(self, idx: int) -> ContextRows:
         """The earlier windows of the item's document, each read after the prefix token as
-        the window itself is; the first window of a document has none."""
-        if self._contexts is None:
+        the window itself is; the first window of a document has none. Items of one document
+        get the same rows object (its windows) and use its leading rows."""
+        if self._plans is None:
             raise ValueError("this WindowTask was built without contexts (context neurons)")
-        rows = [[self._prefix, *w][: self.max_length] for w in self._contexts[idx] if w]
-        return rows, [len(rows)] * len(self._requests[idx])
+        rows, n = self._plans[idx]
+        return rows, [n] * len(self._requests[idx])
 
 
 class DocumentTask:

@@ -127,3 +127,29 @@ def test_training_window_context_is_its_documents_earlier_windows() -> None:
     rows = [[0, *doc[0]][:8], [0, *doc[1]][:8]]
     expected = context_orderings(llm, [(rows, [1, 2])], "mean_abs_activation")[0]
     assert torch.equal(orderings[1][0], expected[0]) and torch.equal(orderings[2][0], expected[1])
+
+
+def test_windows_of_one_document_read_its_rows_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training windows of one document share its context rows: each row's statistics are
+    collected once however many windows use it, with the orderings of separate rows."""
+    llm = tiny_llm()
+    gen = torch.Generator().manual_seed(7)
+    doc = [torch.randint(1, 97, (8,), generator=gen).tolist() for _ in range(4)]
+    task = WindowTask(doc, 0, 8, contexts=[doc[:i] for i in range(4)])
+    read: list[int] = []
+    real = row_statistics
+
+    def counting(model: object, rows: list, *args: object) -> torch.Tensor:
+        read.append(len(rows))
+        return real(model, rows, *args)
+
+    monkeypatch.setattr("pruning.context_importance.row_statistics", counting)
+    shared, _ = task_orderings(llm, task, [3, 1, 2, 0], "mean_abs_activation")
+    assert read == [3]  # windows 0-2 once, not 3 + 1 + 2
+    assert shared[0][0] is not None and shared[3] == [None]
+    for k, i in enumerate([3, 1, 2]):  # the same orderings as rows of its own
+        alone = WindowTask([doc[i]], 0, 8, contexts=[list(doc[:i])])
+        (own,), _ = task_orderings(llm, alone, [0], "mean_abs_activation")
+        assert torch.equal(shared[k][0], own[0])
+    two, _ = task_orderings(llm, task, [1], "mean_abs_activation")  # only as far as used
+    assert read[-1] == 1 and torch.equal(two[0][0], shared[1][0])
