@@ -238,9 +238,10 @@ def run(argv: list[str] | None = None) -> int:
                     results.append(
                         wikitext(runner, key, str(profile), "--target", str(target), *ctx)
                     )
-                off = [r["sparsity"] for r in results if abs(r["sparsity"] - target) > 1e-9]
-                if off:  # matched sparsity is the point of the table
-                    raise SystemExit(f"sparsity {off} is not the target {target}")
+                reached = {round(r["sparsity"], 12) for r in results}
+                if len(reached) > 1:  # matched sparsity is the point of the table (the target
+                    # itself where align-blocks reach it, else the nearest block count)
+                    raise SystemExit(f"arms at target {target} differ in sparsity: {reached}")
     agent = None
     if "train" in stages or "train" in runner.results:
         reference = search(runner, "reference", "ends_dense", 0)

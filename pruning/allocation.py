@@ -223,13 +223,15 @@ def validate_orderings(orderings: torch.Tensor, n_layers: int, width: int) -> No
 def ranks_of(orderings: torch.Tensor) -> torch.Tensor:
     """Rank of each neuron (by original id) in `orderings` [..., n_layers, d_ff] (original ids,
     most important first) -> int64, same shape."""
-    order = orderings.to(device="cpu", dtype=torch.long)
+    order = orderings.long()  # on the orderings' device
     ranks = torch.empty_like(order)
-    return ranks.scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return ranks.scatter_(-1, order, positions)
 
 
 def keep_masks(orderings: torch.Tensor, kept: ArrayLike) -> torch.Tensor:
     """Bool keep-masks [..., n_layers, d_ff] in original neuron ids: layer l keeps the kept[l]
     first neurons of its ordering (`orderings` [..., n_layers, d_ff], kept [..., n_layers])."""
-    counts = torch.from_numpy(np.array(kept, dtype=np.int64))  # a copy: kept may be read-only
-    return ranks_of(orderings) < counts[..., None]
+    ranks = ranks_of(orderings)
+    counts = kept if torch.is_tensor(kept) else torch.from_numpy(np.array(kept, dtype=np.int64))
+    return ranks < counts.to(device=ranks.device, dtype=torch.int64)[..., None]

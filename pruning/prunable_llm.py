@@ -307,37 +307,60 @@ class PrunableLLM:
         (a test proves it against `pruned(mask_fn)`); a layer whose masks keep everything gets no
         hook, so one allocation costs one plain pruned forward pass. Undone on exit."""
         kept = np.asarray(kept, dtype=np.int64)
+        device = next(self._model.parameters()).device
+        counts = torch.tensor(kept, device=device)  # [n_groups, n_layers]
+        rows: dict[str, torch.Tensor | None] = {"index": None, "keep": None}  # this batch's rows
         if orderings is None:
             union = kept.max(axis=0)  # [n_layers]
             varying = np.flatnonzero((kept != union).any(axis=0)).tolist()
-            masks = {i: torch.arange(int(union[i])) < torch.from_numpy(kept[:, i])[:, None]
-                     for i in varying}  # fmt: skip
             full = bool((union == self.dims.intermediate_size).all())  # dense: nothing to prune
             narrowed = contextlib.nullcontext() if full else self.pruned(union)
+            positions = {i: torch.arange(int(union[i]), device=device) for i in varying}
+
+            def scale(layer: int) -> torch.Tensor:  # [rows, width_l]: the leading kept[g, l]
+                return positions[layer] < counts[rows["index"], layer][:, None]
         else:
-            keep = torch.stack([self.layout_keep_masks(o, k) for o, k in zip(orderings, kept)])
-            varying = np.flatnonzero((~keep).any(dim=(0, 2)).numpy()).tolist()
-            masks = {layer: keep[:, layer] for layer in varying}  # [n_groups, d_ff] each
+            # each row's mask is made on the device for the rows of the coming pass only (an
+            # MMLU test set has 14,042 groups: their masks at once would be gigabytes)
+            d_ff = self.dims.intermediate_size
+            varying = np.flatnonzero((kept < d_ff).any(axis=0)).tolist()
             narrowed = contextlib.nullcontext()
-        rows: dict[str, torch.Tensor | None] = {"index": None}  # group of each row, on device
+            order = None if self._order is None else self._order.to(device)
+            leading = torch.arange(d_ff, device=device)
+
+            def keep_rows(row_groups: torch.Tensor) -> torch.Tensor:  # [rows, n_layers, d_ff]
+                groups, inverse = torch.unique(row_groups, return_inverse=True)
+                keep = leading < counts[groups][..., None]  # the global order: leading positions
+                own = [k for k, g in enumerate(groups.tolist()) if orderings[g] is not None]
+                if own:
+                    ords = torch.stack([orderings[g] for g in groups[own].tolist()]).to(device)
+                    masks = keep_masks(ords, counts[groups[own]])  # original ids
+                    if order is not None:  # -> current layout
+                        masks = torch.gather(masks, -1, order.expand_as(masks))
+                    keep[own] = masks
+                return keep[inverse]
+
+            def scale(layer: int) -> torch.Tensor:
+                return rows["keep"][:, layer]
+
         handles = []
         with narrowed:
             try:
-                for layer, mask in masks.items():
+                for layer in varying:
                     down = self._mlps[layer][2]
-                    weight = down.weight
-                    scale = mask.to(device=weight.device, dtype=weight.dtype)  # [n_groups, width]
 
-                    def hook(_module: nn.Module, args: tuple, scale: torch.Tensor = scale) -> tuple:
+                    def hook(_module: nn.Module, args: tuple, layer: int = layer) -> tuple:
                         acts = args[0]  # [rows, seq, width_l]
-                        return (acts * scale[rows["index"]][:, None, :].to(acts.dtype), *args[1:])
+                        mask = scale(layer).to(device=acts.device, dtype=acts.dtype)
+                        return (acts * mask[:, None, :], *args[1:])
 
                     handles.append(down.register_forward_pre_hook(hook))
-                device = next(self._model.parameters()).device
 
                 def select(row_groups: Sequence[int]) -> None:
                     if handles:  # nothing to do when every group keeps the same neurons
                         rows["index"] = torch.tensor(row_groups, device=device)
+                        if orderings is not None:
+                            rows["keep"] = keep_rows(rows["index"])
 
                 yield select
             finally:
