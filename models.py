@@ -312,6 +312,26 @@ def save_dequantized(model: Any, tokenizer: Any, folder: Path, src: ModelSource)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# GGUF architectures that older transformers load wrongly, and the first version known good:
+# transformers 5.17 tokenizes Gemma-3's GGUF vocabulary differently (2,479 instead of 1,286 tokens
+# on the first WikiText-2 test page) and the model scores a word perplexity in the millions
+GGUF_MIN_TRANSFORMERS = {"gemma3": "5.23.0"}
+
+
+def check_gguf_support(path: Path) -> None:
+    """One line, before anything loads, when this transformers mis-loads the GGUF's architecture."""
+    import transformers
+    from packaging.version import Version
+
+    arch = _gguf_fields(path).get("general.architecture")
+    need = GGUF_MIN_TRANSFORMERS.get(str(arch))
+    if need and Version(transformers.__version__) < Version(need):
+        raise ConfigError(
+            f"{path.name}: transformers {transformers.__version__} mis-loads {arch} GGUF files "
+            f"(its tokenizer and scores are wrong); pip install 'transformers>={need}'"
+        )
+
+
 def check_prunable(model: torch.nn.Module, spec: str) -> None:
     """Every pruning path needs `model.model.layers[i].mlp.{gate,up,down}_proj`."""
     layers = getattr(getattr(model, "model", None), "layers", None)
@@ -378,6 +398,7 @@ def load_models(cfg: ModelConfig, llm: bool = True) -> LoadedModels:
     cached = None
     if llm_src.gguf_file:
         kwargs = {"gguf_file": llm_src.gguf_file}
+        check_gguf_support(Path(llm_src.location) / llm_src.gguf_file)
         if cfg.cache_dir is not None:
             cached = dequantized_folder(llm_src, resolve_path(cfg.cache_dir), dtype)
             if (cached / "config.json").is_file():

@@ -223,3 +223,24 @@ def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
     assert {"importance", "dense", "uniform_0.5_global", "ends_dense_0.5_context"} <= set(results)
     assert results["uniform_0.5_context"]["sparsity"] == 0.5
     assert "| 0.5 | global |" in (out / "table.md").read_text()
+
+
+def test_a_transformers_that_misloads_the_gguf_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    from models import check_gguf_support
+
+    writer = gguf.GGUFWriter(str(tmp_path / "g.gguf"), arch="gemma3")
+    writer.add_tensor("x", np.arange(8, dtype=np.float32))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                  writer.write_tensors_to_file, writer.close):  # fmt: skip
+        write()
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(ConfigError, match=r"mis-loads gemma3 .*transformers>=5.23.0"):
+        check_gguf_support(tmp_path / "g.gguf")
+    tiny_gguf(tmp_path / "llama.gguf")
+    check_gguf_support(tmp_path / "llama.gguf")  # other architectures load fine
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
+    check_gguf_support(tmp_path / "g.gguf")
