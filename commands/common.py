@@ -116,6 +116,11 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def json_line(obj: Any) -> str:
+    """One line of JSON (numpy values as plain numbers): a command's last stdout line."""
+    return json.dumps(obj, default=_json_default)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()

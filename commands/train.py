@@ -17,6 +17,7 @@ from stable_baselines3 import SAC
 from commands.build import make_pruner, make_vec_env
 from commands.common import (
     decision_texts,
+    json_line,
     new_run_dir,
     observations,
     resolve_path,
@@ -172,8 +173,10 @@ def save_final(
     final, tmp = run_dir / FINAL_AGENT, run_dir / f"tmp_{FINAL_AGENT}"
     agent.save(tmp)
     tmp.replace(final)
-    write_json(run_dir / "train.json", {"steps": agent.num_timesteps, **summary})
-    print(f"saved {final}: steps {agent.num_timesteps}, {summary}")
+    record = {"steps": agent.num_timesteps, **summary}
+    write_json(run_dir / "train.json", record)
+    print(f"saved {final}")
+    print(json_line({"run": str(run_dir), "agent": str(final), **record}))  # the last line
     return final
 
 

@@ -135,9 +135,12 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     assert json.loads((run / "train.json").read_text())["steps"] == 8
     # resume continues the same run to a larger budget, keeping the step count
     argv = ["train", "--config", str(project), "--resume", str(run)]
+    capsys.readouterr()
     assert main([*argv, "--set", "train.total_steps=12"]) == 0
     assert json.loads((run / "train.json").read_text())["steps"] == 12
-    capsys.readouterr()
+    final = last_json(capsys)  # the last line names the run and the agent
+    assert final["run"] == str(run) and final["agent"] == str(run / "agent_final.zip")
+    assert final["steps"] == 12
     fails_cleanly(capsys, [*argv, "--set", "env.quality_weight=0.9"], "env.quality_weight changed")
     # --resume latest skips newer run folders that hold no complete checkpoint
     for name, files in (("train_99990101T000000Z", []), ("train_99990102T000000Z", ["agent.zip"])):
