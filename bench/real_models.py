@@ -195,6 +195,10 @@ def table(runner: Runner, targets: list[float]) -> str:
                 ppl = res.get("word_perplexity")
                 cells.append("" if ppl is None else f"{ppl:.2f}")
             lines.append(f"| {target} | {neurons} | " + " | ".join(cells) + " |")
+    for key in [k for k in r if k == "eval" or k.startswith("mmlu_eval")]:
+        for entry in r[key].get("sweep", []):  # `eval`'s headline: arm -> metric at a target
+            cells = ", ".join(f"{arm} {value}" for arm, value in entry.items() if arm != "target")
+            lines.append(f"{key} at {entry['target']}: {cells}")
     return "\n".join(lines)
 
 
