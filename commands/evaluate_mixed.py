@@ -54,7 +54,6 @@ from rl.levers import action_dim, blend_orderings, global_ordering, item_feature
 from scoring.batched import score_samples
 from scoring.mixed import MixedTask, kind_loss, overall_figure
 from scoring.tasks import task_orderings
-from scoring.windows import model_input
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
 ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
@@ -69,6 +68,7 @@ class MixedEvaluator:
 
     def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list) -> None:
         self.pruner, self.n_layers = pruner, pruner.llm.n_layers
+        self.items = items  # MixedItems, in the task's order
         self.task: MixedTask = make_task(cfg, models.tokenizer, items)  # type: ignore[assignment]
         self.weights = cfg.data.active_kinds
         self.tokens = np.array([self.task.item_tokens(i) for i in range(len(self.task))])
@@ -80,17 +80,12 @@ class MixedEvaluator:
             else:  # each window of a page or file
                 self.units += [(i, [j]) for j in range(n)]
         self.unit_item = np.array([i for i, _ in self.units])
-        self.unit_tokens = np.array([self.unit_rows_tokens(u) for u in self.units])
+        self.unit_tokens = np.array([self.task.item_tokens(i, reqs) for i, reqs in self.units])
         self.criterion = cfg.importance.criterion
         self.orderings: list | None = None
         self.context_fallbacks = 0
         self.dense_lls, _ = self.score_lls(np.full(self.n_layers, pruner.width), False)
         self.dense = self.task.summary(range(len(self.task)), self.dense_lls)["kinds"]
-
-    def unit_rows_tokens(self, unit: tuple[int, list[int]]) -> int:
-        requests = self.task.requests(unit[0])
-        rows = {tuple(model_input(*requests[j], self.task.max_length)) for j in unit[1]}
-        return sum(len(r) for r in rows)
 
     def context(self, on: bool) -> list | None:
         if on and self.orderings is None:
@@ -112,7 +107,7 @@ class MixedEvaluator:
         for i in range(len(self.task)):
             requests = self.task.requests(i)
             if self.task.kind(i) == "mmlu":
-                prompts.append(self.task.tasks["mmlu"].items[self.task.index[i][1]].text)
+                prompts.append(self.items[i].text)  # the question's prompt
             else:
                 prompts += prompts_before([t for _, t in requests], tokenizer.decode)
         return prompts

@@ -175,14 +175,19 @@ class PrunableLLM:
         return None if self._order is None else self._order.clone()
 
     def layout_keep_masks(self, orderings: torch.Tensor | None, kept: Kept) -> torch.Tensor:
-        """bool [n_layers, d_ff] in the CURRENT layout: the neurons whose rank in `orderings`
-        [n_layers, d_ff] (original ids, most important first; None: the global importance
-        order, i.e. the leading positions) is below kept[l]."""
+        """bool [..., n_layers, d_ff] in the CURRENT layout: the neurons whose rank in
+        `orderings` [..., n_layers, d_ff] (original ids, most important first; None: the global
+        importance order, i.e. the leading positions) is below kept[..., l]. On the device of
+        `orderings` (None: of `kept`, if a tensor)."""
         if orderings is None:
-            counts = torch.from_numpy(np.array(kept, dtype=np.int64))
-            return torch.arange(self.dims.intermediate_size) < counts[:, None]
+            counts = kept if torch.is_tensor(kept) else torch.from_numpy(np.array(kept, np.int64))
+            positions = torch.arange(self.dims.intermediate_size, device=counts.device)
+            return positions < counts[..., None]
         masks = keep_masks(orderings, kept)  # original ids
-        return masks if self._order is None else torch.gather(masks, -1, self._order)
+        if self._order is None:
+            return masks
+        order = self._order.to(masks.device)
+        return torch.gather(masks, -1, order.expand_as(masks))
 
     # ---- neuron order --------------------------------------------------------------------------
     def _reorder(self, orderings: torch.Tensor | Sequence[torch.Tensor | Sequence[int]]) -> None:
@@ -325,19 +330,14 @@ class PrunableLLM:
             d_ff = self.dims.intermediate_size
             varying = np.flatnonzero((kept < d_ff).any(axis=0)).tolist()
             narrowed = contextlib.nullcontext()
-            order = None if self._order is None else self._order.to(device)
-            leading = torch.arange(d_ff, device=device)
 
             def keep_rows(row_groups: torch.Tensor) -> torch.Tensor:  # [rows, n_layers, d_ff]
                 groups, inverse = torch.unique(row_groups, return_inverse=True)
-                keep = leading < counts[groups][..., None]  # the global order: leading positions
+                keep = self.layout_keep_masks(None, counts[groups])  # the global order
                 own = [k for k, g in enumerate(groups.tolist()) if orderings[g] is not None]
                 if own:
                     ords = torch.stack([orderings[g] for g in groups[own].tolist()]).to(device)
-                    masks = keep_masks(ords, counts[groups[own]])  # original ids
-                    if order is not None:  # -> current layout
-                        masks = torch.gather(masks, -1, order.expand_as(masks))
-                    keep[own] = masks
+                    keep[own] = self.layout_keep_masks(ords, counts[groups[own]])
                 return keep[inverse]
 
             def scale(layer: int) -> torch.Tensor:

@@ -101,8 +101,11 @@ class MixedTask:
         kinds = {k: self.tasks[k].summary(loc, lls) for k, (loc, lls) in grouped.items()}
         return {"kinds": kinds}
 
-    def item_tokens(self, idx: int) -> int:
-        """Tokens the model reads for item idx (its distinct input rows): the weight of its
-        sparsity in the token-weighted mean."""
-        rows = {tuple(model_input(c, t, self.max_length)) for c, t in self.requests(idx)}
+    def item_tokens(self, idx: int, requests: Sequence[int] | None = None) -> int:
+        """Tokens the model reads for item idx (its distinct input rows; only those of
+        `requests`, indices into its requests, if given): the weight of its sparsity in the
+        token-weighted mean."""
+        windows = self.requests(idx)
+        chosen = windows if requests is None else [windows[j] for j in requests]
+        rows = {tuple(model_input(c, t, self.max_length)) for c, t in chosen}
         return sum(len(r) for r in rows)
