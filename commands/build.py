@@ -15,7 +15,7 @@ from commands.allocations import read_profiles
 from commands.common import importance_path, load_split, make_source
 from commands.mixed import make_mixed_task, mixed_reward
 from config import Config, ConfigError, EnvConfig, resolve_path
-from data.sources import chunk_documents
+from data.sources import earlier_windows
 from models import LoadedModels, load_models, model_shape
 from pruning.allocation import check_align
 from pruning.importance import read_importance_json
@@ -92,23 +92,14 @@ def make_task(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> Task:
     if cfg.data.dataset == "mmlu":
         return MMLUTask(mmlu_calculator(cfg, tokenizer), items, cfg.env.batch_size)
     if items and hasattr(items[0], "token_ids"):  # training windows
-        calc = perplexity_calculator(cfg, tokenizer)
+        calc, env = perplexity_calculator(cfg, tokenizer), cfg.env
         tokens = [list(c.token_ids) for c in items]
-        contexts = earlier_windows(cfg, tokenizer, items) if cfg.env.neurons == "context" else None
-        env = cfg.env
+        contexts = None
+        if env.neurons == "context":
+            docs = load_split(cfg.data, cfg.data.train_split, cfg.seed)
+            contexts = earlier_windows(docs, tokenizer, env.max_length, items)
         return WindowTask(tokens, calc.prefix_token, env.max_length, env.batch_size, contexts)
     return DocumentTask(perplexity_calculator(cfg, tokenizer), items)
-
-
-def earlier_windows(cfg: Config, tokenizer: Any, items: Sequence[Any]) -> list[list[list[int]]]:
-    """Per training window: the token lists of its document's windows before it (the windows
-    are a sample of the split, so the document is cut again to find them)."""
-    chunks = chunk_documents(load_split(cfg.data, cfg.data.train_split, cfg.seed), tokenizer,
-                             cfg.env.max_length)  # fmt: skip
-    by_doc: dict[int, list[list[int]]] = {}
-    for chunk in chunks:  # in order: chunk_index counts up within a document
-        by_doc.setdefault(chunk.doc_index, []).append(list(chunk.token_ids))
-    return [by_doc[item.doc_index][: item.chunk_index] for item in items]
 
 
 def make_reward_fn(cfg: Config) -> RewardFn:

@@ -16,7 +16,7 @@ import numpy as np
 from commands.common import load_split
 from config import Config
 from data.mixed import MixedItem, by_kind, prompts_before
-from data.sources import chunk_documents
+from data.sources import chunk_documents, earlier_windows
 from rl.reward import RewardFn, make_budget_reward
 from scoring.metrics import PerplexityCalculator
 from scoring.mixed import MixedTask
@@ -52,17 +52,6 @@ def mixed_training_items(cfg: Config, tokenizer: Any) -> list[MixedItem]:
     return out
 
 
-def _earlier_windows(
-    cfg: Config, tokenizer: Any, kind: str, chunks: Sequence[Any]
-) -> list[list[list[int]]]:
-    """Per training window: the token lists of the windows of its page or file before it."""
-    docs = [m.item for m in load_split(cfg.data, cfg.data.train_split, cfg.seed) if m.kind == kind]
-    by_doc: dict[int, list[list[int]]] = {}
-    for chunk in chunk_documents(docs, tokenizer, cfg.env.max_length):
-        by_doc.setdefault(chunk.doc_index, []).append(list(chunk.token_ids))
-    return [by_doc[c.doc_index][: c.chunk_index] for c in chunks]
-
-
 def make_mixed_task(cfg: Config, tokenizer: Any, items: Sequence[MixedItem]) -> Task:
     """One task per kind (windows or whole pages/files; MMLU questions), routed by MixedTask."""
     env = cfg.env
@@ -77,7 +66,9 @@ def make_mixed_task(cfg: Config, tokenizer: Any, items: Sequence[MixedItem]) -> 
         elif hasattr(units[0], "token_ids"):  # training windows
             contexts = None
             if env.neurons == "context":
-                contexts = _earlier_windows(cfg, tokenizer, kind, units)
+                split = load_split(cfg.data, cfg.data.train_split, cfg.seed)
+                docs = [m.item for m in split if m.kind == kind]
+                contexts = earlier_windows(docs, tokenizer, env.max_length, units)
             tokens = [list(u.token_ids) for u in units]
             tasks[kind] = WindowTask(
                 tokens, calc.prefix_token, env.max_length, env.batch_size, contexts

@@ -147,6 +147,21 @@ def chunk_documents(
     return chunks
 
 
+def earlier_windows(
+    docs: Sequence[WikiDocument],
+    tokenizer: TokenizerLike,
+    max_length: int,
+    windows: Sequence[TextChunk],
+) -> list[list[list[int]]]:
+    """Per window of `docs` (a sample of `chunk_documents(docs, ...)`): the token lists of its
+    document's windows before it; the documents are cut again to find them. Windows of one
+    document get prefixes of one list of the same token lists (`WindowTask` shares their rows)."""
+    by_doc: dict[int, list[list[int]]] = {}
+    for chunk in chunk_documents(docs, tokenizer, max_length):  # chunk_index counts up per doc
+        by_doc.setdefault(chunk.doc_index, []).append(list(chunk.token_ids))
+    return [by_doc[w.doc_index][: w.chunk_index] for w in windows]
+
+
 # ---------------------------------------------------------------- pure core: MMLU
 
 

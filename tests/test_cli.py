@@ -228,15 +228,15 @@ def test_mmlu_score_train_eval(
 def test_earlier_windows_are_the_documents_prefix(project: Path) -> None:
     from transformers import AutoTokenizer
 
-    from commands.build import earlier_windows
     from commands.common import load_split, training_items
     from config import load_config
+    from data.sources import earlier_windows
 
     cfg = load_config(project, ["env.neurons=context"])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.llm)
     items = training_items(cfg, tokenizer)
-    contexts = earlier_windows(cfg, tokenizer, items)
     docs = load_split(cfg.data, cfg.data.train_split)
+    contexts = earlier_windows(docs, tokenizer, cfg.env.max_length, items)
     assert any(item.chunk_index > 0 for item in items)
     for item, context in zip(items, contexts, strict=True):
         assert len(context) == item.chunk_index
