@@ -85,6 +85,20 @@ def newest_agent(runs_dir: Path) -> Path:
     return agents[-1]
 
 
+def agent_path_of(cfg: Config, spec: str | None) -> Path:
+    """The agent `--agent` or `eval.agent` names, else the newest trained one in runs_dir."""
+    return resolve_path(spec) if spec else newest_agent(resolve_path(cfg.train.runs_dir))
+
+
+def check_profile(cfg: Config, profile: str | None) -> None:
+    """Before the model loads: the profile file, its entries, and the shape where the model's
+    config names it."""
+    if profile:
+        shape = (*peek_shape(cfg.model.llm), cfg.env.align)
+        for target in cfg.eval.targets:
+            read_profile(resolve_path(profile), shape, target, missing_ok=True)
+
+
 def window_requests(task: Task) -> tuple[list[list[Any]], np.ndarray]:
     """Every rolling window of every item as its own sample, and the item of each [n_windows]."""
     requests, owner = [], []
@@ -295,15 +309,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return run_mixed(cfg, args)
     seed_everything(cfg.seed)
     limit = check_limit(args.limit)
-    runs_dir = resolve_path(cfg.train.runs_dir)
-    spec = args.agent or cfg.eval.agent
-    agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
+    agent_path = agent_path_of(cfg, args.agent or cfg.eval.agent)
     agent = read_agent(agent_path)  # a broken agent or profile fails before the model loads
-    profile = args.profile or cfg.eval.profile
-    if profile:  # the file, its entries, and the shape where the model's config names it
-        shape = (*peek_shape(cfg.model.llm), cfg.env.align)
-        for target in cfg.eval.targets:
-            read_profile(resolve_path(profile), shape, target, missing_ok=True)
+    check_profile(cfg, args.profile or cfg.eval.profile)
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
     evaluate_agent(cfg, models, pruner, agent_path, limit, args.profile, args.neurons, agent)

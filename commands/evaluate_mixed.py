@@ -36,7 +36,7 @@ from commands.common import (
     warn,
     write_json,
 )
-from commands.evaluate import newest_agent
+from commands.evaluate import agent_path_of, check_profile
 from config import Config
 from data.mixed import prompts_before
 from models import LoadedModels, load_models
@@ -339,11 +339,11 @@ def run_mixed(cfg: Config, args: argparse.Namespace) -> int:
     spec = args.agent or cfg.eval.agent
     agent_path = None
     if spec != "none":
-        runs_dir = resolve_path(cfg.train.runs_dir)
-        agent_path = resolve_path(spec) if spec else newest_agent(runs_dir)
+        agent_path = agent_path_of(cfg, spec)
         if not agent_path.is_file():
             raise FileNotFoundError(f"agent {agent_path} not found; pass --agent PATH or none")
     agent = None if agent_path is None else read_agent(agent_path)  # before the model loads
+    check_profile(cfg, args.profile or cfg.eval.profile)
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
     evaluate_mixed(cfg, models, pruner, items, agent_path, args.profile, args.neurons, agent)

@@ -43,7 +43,8 @@ def loads_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the model loaded before the bad input was refused")
 
-    for module in ("commands.score", "commands.export", "commands.generate", "commands.evaluate"):
+    modules = ("score", "export", "generate", "evaluate", "evaluate_mixed")
+    for module in [f"commands.{name}" for name in modules]:
         monkeypatch.setattr(f"{module}.load_models", refuse)
 
 
@@ -103,6 +104,12 @@ KEPT_WIDE = json.dumps({"profiles": [{"target": 0.3, "kept": [8] * (N_LAYERS - 1
         ("bare.json", '{"profiles": [{"target": 0.3}]}', ["eval", "--profile"], "entry 0 needs"),
         ("kept.json", KEPT_SHORT, ["score"], f"needs {N_LAYERS} kept counts"),
         ("kept.json", KEPT_WIDE, ["score"], f"outside [0, {D_FF}]"),
+        (
+            "kept.json",
+            KEPT_SHORT,
+            ["eval", "--set", "data.dataset=mixed", "--agent", "none", "--profile"],
+            f"needs {N_LAYERS} kept counts",
+        ),  # fmt: skip
     ],
 )
 def test_bad_allocation_files_fail_before_the_model_loads(
@@ -118,7 +125,7 @@ def test_bad_allocation_files_fail_before_the_model_loads(
     loads_no_model(monkeypatch)
     path = write(tmp_path, name, text)
     extra = ["--target", "0.3"] if "profiles" in text and argv == ["score"] else []
-    if argv[0] == "eval":  # any readable agent: the profile is checked next, still early
+    if argv[0] == "eval" and "none" not in argv:  # any readable agent: the profile is next
         extra = ["--agent", str(tmp_path / "agent.zip")]
         monkeypatch.setattr("commands.evaluate.read_agent", lambda _path: object())
     fails_cleanly(
