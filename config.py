@@ -180,10 +180,9 @@ class EnvConfig(_Section):
                 )
         elif self.reference is not None:
             raise ValueError("env.reference needs env.reward=budget; or set env.reference=null")
-        if self.levers and (self.reward != "budget" or self.reference is not None):
+        if self.levers and self.reward != "budget":
             raise ValueError(
-                f"env.levers={self.levers} needs env.reward=budget and env.reference=null; "
-                "or set env.levers=[]"
+                f"env.levers={self.levers} needs env.reward=budget; or set env.levers=[]"
             )
         if {"blend", "stats"} & set(self.levers) and self.neurons != "context":
             raise ValueError(
@@ -267,6 +266,8 @@ class EvalConfig(_Section):
     targets: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])  # budget agents
     profile: str | None = None  # `search` profile.json: the searched static arm at each target
     per_window: bool = True  # also let the policy decide per rolling window (WikiText)
+    # false: only the policy's arms (the static ones from an `eval --agent none` of the same items)
+    static: bool = True
 
     @model_validator(mode="after")
     def _check_targets(self) -> EvalConfig:
@@ -339,6 +340,15 @@ class Config(_Section):
             raise ValueError(
                 "env.levers=[stats] extends observations inside the environment, which GPU "
                 "workers do not share yet: set train.devices=null or drop stats"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_static(self) -> Config:
+        if not self.eval.static and self.data.dataset == "mixed":
+            raise ValueError(
+                "eval.static=false: the mixed eval matches every arm to the oracle and compares "
+                "the policy with the static arms in one run; set eval.static=true"
             )
         return self
 

@@ -5,14 +5,15 @@ stdout line is JSON); this script only builds the allocations and collects the t
 
 - dense WikiText-2 test word perplexity (`--max-length`-token rolling windows, lm-eval's metric)
   and MMLU accuracy 0-shot and 5-shot (`letter`, lm-eval's acc) on a seeded sample;
-- at each target: uniform and first/last 2 layers dense (both exactly on target, as `eval`
-  builds them) and the `search` profile, each with global and with context neurons (`sweep`:
-  one `score` per row);
-- `train`: a budget policy in residual mode around the first/last-2-dense profile (`search`
-  with `search.start=ends_dense` and no generations writes it), so its mean profile is the
-  learned static profile; `eval`: `main.py eval --neurons both` of that policy with the searched
-  profile on WikiText-2 (every arm at exactly each target, context orderings computed once);
-  `mmlu-eval`: the same on MMLU (`--mmlu-samples`, 0 = all 14,042 questions, 0-shot).
+- `search`: a static profile per target (`--profile FILE`: one searched before, no search);
+- `eval-static`: uniform, first/last 2 layers dense and the searched profile at every target,
+  each with global and with context neurons (one `main.py eval --agent none --neurons both`:
+  every arm at exactly the target, context orderings computed once); `mmlu-static`: the same on
+  MMLU at `--mmlu-targets` (`--mmlu-samples`, 0 = all 14,042 questions, 0-shot);
+- `train`: a budget policy in residual mode around the searched profile (without one: around
+  first/last 2 dense, written by `search` with `search.start=ends_dense` and no generations), so
+  its mean profile is the learned static profile; `eval` / `mmlu-eval`: its arms (mean profile,
+  per document or question) the same way, with `eval.static=false` when the static stage ran.
 
     python3 bench/real_models.py --preset configs/qwen2.5-coder-1.5b.yml \\
         --gguf /tmp/qwen1.5b.gguf --mmlu /tmp/mmlu --out bench/results/real_qwen1.5b_h200
@@ -21,13 +22,15 @@ stdout line is JSON); this script only builds the allocations and collects the t
 is de-quantized into cache/models/ on the first command and loaded from there afterwards. A
 missing importance file is computed first (`importance`). Results are appended to
 `<out>/results.json` as they arrive and a rerun skips what is there, so the stages can be split
-over several jobs (`--stages`).
+over several jobs (`--stages`, run in parallel on one GPU: `train` leaves most of it idle). Each
+command's output goes to `<out>/logs/<key>.log` as it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -39,9 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import load_config, resolve_path  # noqa: E402
-from pruning.allocation import baseline_kept  # noqa: E402
 
-STAGES = ("importance", "dense", "mmlu", "search", "sweep", "train", "eval", "mmlu-eval")
+STAGES = (
+    "importance", "dense", "mmlu", "search", "eval-static", "mmlu-static", "train", "eval",
+    "mmlu-eval",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,11 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", default="0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--search-generations", type=int, default=40)
     p.add_argument("--search-start", default="ends_dense", help="search.start (%(default)s)")
+    p.add_argument("--profile", default=None, help="a searched profile.json (no `search` stage)")
     p.add_argument("--train-steps", type=int, default=30000, help="train.total_steps")
-    p.add_argument("--mmlu-targets", default="0.3,0.5", help="mmlu-eval targets (%(default)s)")
+    p.add_argument("--mmlu-targets", default="0.3,0.5", help="MMLU eval targets (%(default)s)")
     p.add_argument(
         "--stages",
-        default="importance,dense,mmlu,search,sweep",
+        default="importance,dense,mmlu,search,eval-static",
         help=f"any of {','.join(STAGES)} (%(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="env.batch_size (%(default)s)")
@@ -101,13 +107,17 @@ class Runner:
         if key in self.results:
             return self.results[key]
         cmd = [sys.executable, str(ROOT / "main.py"), command, *self.base, *argv]
-        print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd[2:])}", flush=True)
+        log = self.out / "logs" / f"{key}.log"
+        log.parent.mkdir(exist_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd[2:])} > {log}", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-            raise SystemExit(f"{key}: main.py {command} exited {proc.returncode}")
-        lines = [x for x in proc.stdout.strip().splitlines() if x.startswith("{")]
+        with log.open("w") as f:
+            code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        text = log.read_text(errors="replace")
+        if code != 0:
+            sys.stderr.write(text[-4000:])
+            raise SystemExit(f"{key}: main.py {command} exited {code} (log: {log})")
+        lines = [x for x in re.split(r"[\r\n]", text) if x.startswith("{")]  # tqdm writes \r
         result = json.loads(lines[-1]) if lines else {}
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
         self.results[key] = result
@@ -170,7 +180,8 @@ def importance_file(runner: Runner) -> Path:
     raise SystemExit("the preset must name env.importance_file")
 
 
-def table(runner: Runner, targets: list[float]) -> str:
+def table(runner: Runner) -> str:
+    """Dense rows, then per eval (WikiText-2, MMLU) one row per arm over the targets."""
     r = runner.results
     lines = []
     dense = r.get("dense", {}).get("word_perplexity")
@@ -184,21 +195,22 @@ def table(runner: Runner, targets: list[float]) -> str:
         if acc is not None:
             n = row.get("n", "?")
             lines.append(f"dense MMLU {shots}-shot accuracy: {acc:.4f} ({n} questions)")
-    arms = ("uniform", "ends_dense", "searched")
-    lines.append("| sparsity | neurons | " + " | ".join(arms) + " |")
-    lines.append("|---" * (2 + len(arms)) + "|")
-    for target in targets:
-        for neurons in ("global", "context"):
-            cells = []
-            for arm in arms:
-                res = r.get(f"{arm}_{target}_{neurons}", {})
-                ppl = res.get("word_perplexity")
-                cells.append("" if ppl is None else f"{ppl:.2f}")
-            lines.append(f"| {target} | {neurons} | " + " | ".join(cells) + " |")
-    for key in [k for k in r if k == "eval" or k.startswith("mmlu_eval")]:
-        for entry in r[key].get("sweep", []):  # `eval`'s headline: arm -> metric at a target
-            cells = ", ".join(f"{arm} {value}" for arm, value in entry.items() if arm != "target")
-            lines.append(f"{key} at {entry['target']}: {cells}")
+    size = mmlu_size(runner.args)
+    evals = {"WikiText-2": ("eval_static", "eval"),
+             f"MMLU ({size})": (f"mmlu_static_{size}", f"mmlu_eval_{size}")}  # fmt: skip
+    for name, keys in evals.items():
+        cells: dict[str, dict[float, float]] = {}  # arm -> target -> headline metric
+        for entry in [e for k in keys for e in r.get(k, {}).get("sweep", [])]:
+            for arm, value in entry.items():
+                if arm != "target":
+                    cells.setdefault(arm, {})[entry["target"]] = value
+        targets = sorted({t for row in cells.values() for t in row})
+        if not targets:
+            continue
+        lines += ["", f"| {name} | " + " | ".join(map(str, targets)) + " |"]
+        lines.append("|---" * (1 + len(targets)) + "|")
+        for arm, row in cells.items():
+            lines.append(f"| {arm} | " + " | ".join(str(row.get(t, "")) for t in targets) + " |")
     return "\n".join(lines)
 
 
@@ -206,7 +218,8 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runner = Runner(args)
     stages = set(args.stages.split(","))
-    targets = [float(t) for t in args.targets.split(",")]
+    if unknown := stages - set(STAGES):
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     if "importance" in stages and not importance_file(runner).is_file():
         runner.main("importance", "importance")
         # `importance` names its file after the GGUF (`--gguf` may be named otherwise): put it
@@ -222,38 +235,35 @@ def run(argv: list[str] | None = None) -> int:
         for shots in [int(n) for n in args.mmlu_shots.split(",")]:
             sets = mmlu_sets(args, shots)
             runner.main(f"mmlu_{shots}shot_{mmlu_size(args)}", "score", "dense", *sets)
-    profile = None
-    if "search" in stages or "search" in runner.results:
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is None and ("search" in stages or "search" in runner.results):
         result = search(runner, "search", args.search_start, args.search_generations)
         profile = Path(result["run"]) / "profile.json"
-    if "sweep" in stages:
-        n_layers, width = model_dims(runner)
-        align = runner.cfg.env.align
-        for target in targets:
-            for neurons in ("global", "context"):
-                ctx = ["--set", f"env.neurons={neurons}"]
-                results = []
-                for arm in ("uniform", "ends_dense"):
-                    kept = baseline_kept(arm, target, n_layers, width, align)
-                    key = f"{arm}_{target}_{neurons}"
-                    results.append(wikitext(runner, key, fractions_arg(kept, width), *ctx))
-                if profile is not None:
-                    key = f"searched_{target}_{neurons}"
-                    results.append(
-                        wikitext(runner, key, str(profile), "--target", str(target), *ctx)
-                    )
-                reached = {round(r["sparsity"], 12) for r in results}
-                if len(reached) > 1:  # matched sparsity is the point of the table (the target
-                    # itself where align-blocks reach it, else the nearest block count)
-                    raise SystemExit(f"arms at target {target} differ in sparsity: {reached}")
+    searched = ["--profile", str(profile)] if profile else []
+    wiki = [*(["--limit", str(args.limit)] if args.limit else ["--set", "eval.limit=null"]),
+            "--set", f"eval.targets=[{args.targets}]", "--set", "eval.per_window=false",
+            "--set", f"env.max_length={args.max_length}"]  # fmt: skip
+    mmlu = ["--set", f"eval.targets=[{args.mmlu_targets}]", "--set", "eval.per_window=false"]
+    size = mmlu_size(args)
+    static_key = {"eval": "eval_static", "mmlu-eval": f"mmlu_static_{size}"}
+    if "eval-static" in stages:
+        runner.main("eval_static", "eval", "--agent", "none", "--neurons", "both", *searched, *wiki)
+    if "mmlu-static" in stages:
+        runner.main(static_key["mmlu-eval"], "eval", "--agent", "none", "--neurons", "both",
+                    *searched, *mmlu, *mmlu_sets(args, 0))  # fmt: skip
     agent = None
     if "train" in stages or "train" in runner.results:
-        reference = search(runner, "reference", "ends_dense", 0)
+        if profile is None:
+            profile_run = search(runner, "reference", "ends_dense", 0)["run"]
+            reference = Path(profile_run) / "profile.json"
+        else:
+            reference = profile
+        targets = [float(t) for t in args.targets.split(",")]
         result = runner.main(
             "train", "train",
-            "--set", f"env.reference={Path(reference['run']) / 'profile.json'}",
+            "--set", f"env.reference={reference}",
             "--set", f"train.total_steps={args.train_steps}", "--set", "train.n_envs=32",
-            "--set", "sac.gradient_steps=8", "--set", "train.checkpoint_every=5000",
+            "--set", "sac.gradient_steps=8", "--set", "train.checkpoint_every=2500",
             "--set", "sac.learning_starts=1000", "--set", "sac.buffer_size=100000",
             "--set", "sac.batch_size=256", "--set", "sac.net_arch=[256,256]",
             "--set", f"env.target_sparsity=[{targets[0]},{targets[-1]}]",
@@ -261,21 +271,13 @@ def run(argv: list[str] | None = None) -> int:
             "--set", "data.max_samples=null", "--set", f"env.max_length={args.max_length}",
         )  # fmt: skip
         agent = Path(result["run"]) / "agent_final.zip"
-    policy = ["--agent", str(agent)] + (["--profile", str(profile)] if profile else [])
-    if "eval" in stages and agent is not None:
-        limit = ["--limit", str(args.limit)] if args.limit else ["--set", "eval.limit=null"]
-        runner.main(
-            "eval", "eval", *policy, *limit, "--neurons", "both",
-            "--set", f"eval.targets=[{args.targets}]", "--set", "eval.per_window=false",
-            "--set", f"env.max_length={args.max_length}",
-        )  # fmt: skip
-    if "mmlu-eval" in stages and agent is not None:
-        runner.main(
-            f"mmlu_eval_{mmlu_size(args)}", "eval", *policy, "--neurons", "both",
-            "--set", f"eval.targets=[{args.mmlu_targets}]", "--set", "eval.per_window=false",
-            *mmlu_sets(args, 0),
-        )  # fmt: skip
-    text = table(runner, targets)
+    for stage, key in (("eval", "eval"), ("mmlu-eval", f"mmlu_eval_{size}")):
+        if stage in stages and agent is not None:
+            sets = wiki if stage == "eval" else [*mmlu, *mmlu_sets(args, 0)]
+            policy_only = static_key[stage] in runner.results
+            runner.main(key, "eval", "--agent", str(agent), "--neurons", "both", *searched,
+                        *sets, "--set", f"eval.static={not policy_only}")  # fmt: skip
+    text = table(runner)
     (runner.out / "table.md").write_text(text + "\n")
     print(text)
     return 0

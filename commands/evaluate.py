@@ -13,6 +13,9 @@ reached) every arm prunes exactly the same share of MLP neurons of the same item
 | policy_doc | the policy per document (embedding of its first 512 tokens) |
 | policy_window | the policy per rolling window (embedding of the window's own text) |
 
+`--agent none` scores the static arms only; `eval.static: false` only the policy's (their static
+arms then come from an `--agent none` run on the same items: the GPU time of a large model).
+
 Every arm is scored by the same code as `score` (`scoring.tasks.score_task`). With context neurons
 (`env.neurons: context`, or `--neurons context|both`) every pruned arm is also scored with each
 window choosing its neurons from its own context; those arms carry the suffix `_context`.
@@ -66,7 +69,10 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--agent", default=None, help="agent .zip (default: eval.agent or newest; mixed: none)"
+        "--agent",
+        default=None,
+        help="agent .zip, or none: static arms only (default: "
+        "eval.agent or the newest; mixed: none)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     parser.add_argument("--profile", default=None, help="search profile.json (eval.profile)")
@@ -118,13 +124,18 @@ def summarize(task: Task, lls: Sequence[Sequence[float]], kept: np.ndarray, widt
 class Evaluator:
     """Scores arms of one eval run on the same items (documents and their windows)."""
 
-    def __init__(self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list[Any]) -> None:
+    def __init__(
+        self, cfg: Config, models: LoadedModels, pruner: Pruner, items: list[Any], policy: bool
+    ) -> None:
+        """policy: observe the items (and windows) for a policy's arms."""
         self.pruner, self.width = pruner, pruner.width
         self.task = make_task(cfg, models.tokenizer, items)
-        self.doc_obs = observations(models, cfg.data, [item.text for item in items])
+        self.doc_obs = np.empty((len(items), 0))
+        if policy:
+            self.doc_obs = observations(models, cfg.data, [item.text for item in items])
         self.windows: tuple[list[list[Any]], np.ndarray] | None = None
         self.window_obs: np.ndarray | None = None
-        if cfg.eval.per_window and isinstance(self.task, DocumentTask):
+        if policy and cfg.eval.per_window and isinstance(self.task, DocumentTask):
             self.windows = window_requests(self.task)
             texts = [models.tokenizer.decode(r[0][1]) for r in self.windows[0]]
             self.window_obs = observations(models, cfg.data, texts)
@@ -171,52 +182,55 @@ def evaluate_agent(
     cfg: Config,
     models: LoadedModels,
     pruner: Pruner,
-    agent_path: Path,
+    agent_path: Path | None,
     limit: int | None = None,
     profile: str | None = None,
     neurons: str | None = None,
     agent: Any = None,
 ) -> dict[str, Any]:
-    """`agent`: the agent at `agent_path`, when already read (else it is read here)."""
-    env, warning = agent_env(agent_path, cfg.env)
+    """`agent`: the agent at `agent_path`, when already read (else it is read here);
+    `agent_path` None: the static arms only."""
+    env, warning = (cfg.env, None) if agent_path is None else agent_env(agent_path, cfg.env)
     neurons = neurons or env.neurons
     modes = {"global": [False], "context": [True], "both": [False, True]}[neurons]
     items = load_items(cfg.data, cfg.data.eval_split, limit or cfg.eval.limit)
-    if agent is None:
+    if agent is None and agent_path is not None:
         agent = read_agent(agent_path)  # before any embedding is cached
-    ev = Evaluator(cfg, models, pruner, items)
+    ev = Evaluator(cfg, models, pruner, items, policy=agent is not None)
     if warning:
         ev.warn_once(warning)
     action_map = pruner.action_map(env)
     n_layers = pruner.llm.n_layers
-    check_agent(agent, agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
+    if agent is not None:
+        check_agent(agent, agent_path, ev.doc_obs.shape[1] + action_map.budget, n_layers)
     profile = profile or cfg.eval.profile or env.reference
     dense = ev.per_item(dense_kept(n_layers, pruner.width))
-    if action_map.budget:
-        targets: list[float | None] = list(cfg.eval.targets)
-    else:
+    targets: list[float | None] = list(cfg.eval.targets)
+    if agent is not None and not action_map.budget:
         targets = [None]  # a trade-off policy picks its own sparsity: match the others to it
     sweep, profiles = [], {}
     for target in targets:
-        doc_kept = policy_kept(agent, ev.doc_obs, target, action_map)
+        doc_kept = None if agent is None else policy_kept(agent, ev.doc_obs, target, action_map)
         arms: dict[str, dict] = {}
         for context in modes:
-            arms |= score_arms(ev, agent, action_map, target, doc_kept, profile, context)
+            arms |= score_arms(ev, agent, action_map, target, doc_kept, profile, context, cfg)
         matched = target if target is not None else arms[next(iter(arms))]["sparsity"]
         sweep.append({"target": matched, "arms": arms})
-        profiles[f"{matched:.4f}"] = {
-            "mean_fractions": fractions_of(doc_kept.mean(0), pruner.width).round(4).tolist(),
-            "std_fractions": (doc_kept.std(0) / pruner.width).round(4).tolist(),
-        }
+        if doc_kept is not None:
+            profiles[f"{matched:.4f}"] = {
+                "mean_fractions": fractions_of(doc_kept.mean(0), pruner.width).round(4).tolist(),
+                "std_fractions": (doc_kept.std(0) / pruner.width).round(4).tolist(),
+            }
         print_table(matched, dense, arms)
     result = {
-        "agent": str(agent_path),
+        "agent": None if agent_path is None else str(agent_path),
         "task": cfg.data.dataset,
         "split": cfg.data.eval_split,
         "max_length": cfg.env.max_length,
         "num_items": len(items),
         "profile": profile,
         "neurons": neurons,
+        "static": cfg.eval.static,
         "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
         "warnings": ev.warnings,
         "dense": dense,
@@ -226,9 +240,10 @@ def evaluate_agent(
     run_dir = new_run_dir(cfg, "eval")
     write_json(run_dir / "eval.json", result)
     plot_sweep(result, run_dir / "sweep.png")
-    mid = sweep[len(sweep) // 2]["target"]
-    mid_kept = policy_kept(agent, ev.doc_obs, mid if action_map.budget else None, action_map)
-    plot_profile(fractions_of(mid_kept, pruner.width), run_dir / "profile.png")
+    if agent is not None:
+        mid = sweep[len(sweep) // 2]["target"]
+        mid_kept = policy_kept(agent, ev.doc_obs, mid if action_map.budget else None, action_map)
+        plot_profile(fractions_of(mid_kept, pruner.width), run_dir / "profile.png")
     print(f"wrote {run_dir / 'eval.json'}")
     print(json.dumps({"run": str(run_dir), "sweep": headline(result)}))
     return result
@@ -239,28 +254,34 @@ def score_arms(
     agent: Any,
     action_map: ActionMap,
     target: float | None,
-    doc_kept: np.ndarray,
+    doc_kept: np.ndarray | None,
     profile: str | None,
     context: bool,
+    cfg: Config,
 ) -> dict[str, dict]:
     """Every pruned arm at `target` (a trade-off policy: at its own sparsity), with global or
-    context neurons (then each arm's name ends in `_context`)."""
+    context neurons (then each arm's name ends in `_context`); `agent` None: the static arms
+    only, `eval.static` false: the policy's only."""
     suffix = "_context" if context else ""
     pruner, n_layers = ev.pruner, ev.pruner.llm.n_layers
     arms: dict[str, dict] = {}
-    arms["policy_doc"] = ev.per_item(doc_kept, context)
+    if doc_kept is not None:
+        arms["policy_doc"] = ev.per_item(doc_kept, context)
     matched = target if target is not None else arms["policy_doc"]["sparsity"]
-    for name in BASELINES:
-        kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
-        arms[name] = ev.per_item(kept, context)
-    if profile:
-        searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
-        if searched is not None:
-            arms["searched"] = ev.per_item(searched, context)
-        else:
-            ev.warn_once(f"profile {profile} has no target {matched:.4f}: no searched arm there")
-    mean = mean_profile(doc_kept, target, action_map.width, action_map.align)
-    arms["policy_mean"] = ev.per_item(mean, context)
+    if cfg.eval.static or agent is None:
+        for name in BASELINES:
+            kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
+            arms[name] = ev.per_item(kept, context)
+        if profile:
+            searched = searched_kept(Path(resolve_path(profile)), matched, n_layers, pruner)
+            if searched is not None:
+                arms["searched"] = ev.per_item(searched, context)
+            else:
+                missing = f"profile {profile} has no target {matched:.4f}"
+                ev.warn_once(f"{missing}: no searched arm there")
+    if doc_kept is not None:
+        mean = mean_profile(doc_kept, target, action_map.width, action_map.align)
+        arms["policy_mean"] = ev.per_item(mean, context)
     if ev.windows is not None:
         win_kept = policy_kept(agent, ev.window_obs, target, action_map)
         arms["policy_window"] = ev.per_window(win_kept, context)
@@ -309,8 +330,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return run_mixed(cfg, args)
     seed_everything(cfg.seed)
     limit = check_limit(args.limit)
-    agent_path = agent_path_of(cfg, args.agent or cfg.eval.agent)
-    agent = read_agent(agent_path)  # a broken agent or profile fails before the model loads
+    spec = args.agent or cfg.eval.agent
+    agent_path = None if spec == "none" else agent_path_of(cfg, spec)
+    # a broken agent or profile fails before the model loads
+    agent = None if agent_path is None else read_agent(agent_path)
     check_profile(cfg, args.profile or cfg.eval.profile)
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)

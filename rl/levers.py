@@ -14,6 +14,9 @@ Levers (`env.levers`):
   context's top k neurons that are also in the global top k, at k = 10, 30, 50% of the width,
   and a flag for "no context" (then the shares are 0).
 Every decision reads only the item's context (earlier windows, the prompt), never its targets.
+With a reference profile (`env.reference`) the layer actions are deviations around it at the
+input's own budget (all actions 0: the reference at the target); rewards are paid relative to the
+dense model either way.
 """
 
 from __future__ import annotations
@@ -118,8 +121,6 @@ class LeverBandit(PruningBandit):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if self.action_map.reference is not None:
-            raise ValueError("env.levers pays relative to the dense model: set env.reference=null")
         if "blend" in levers and self.criterion is None:
             raise ValueError("the blend lever needs context neurons: set env.neurons=context")
         self.levers, self.budget_radius = tuple(levers), budget_radius

@@ -187,6 +187,18 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
         row, ctx = point["arms"][arm], point["arms"][f"{arm}_context"]
         assert ctx["sparsity"] == row["sparsity"]
         assert row["word_perplexity"] == result["sweep"][0]["arms"][arm]["word_perplexity"]
+    # the same arms split over two runs: the static ones without an agent, then the policy's only
+    split = {}
+    for extra in (["--agent", "none"], [*agent, "--set", "eval.static=false"]):
+        assert main(["eval", "--config", str(project), *extra, "--neurons", "both",
+                     "--set", "eval.targets=[0.25]"]) == 0  # fmt: skip
+        (part,) = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())["sweep"]
+        split[extra[-1]] = part["arms"]
+    static = {"uniform", "ends_dense"}
+    assert set(split["none"]) == static | {f"{arm}_context" for arm in static}
+    assert set(split["eval.static=false"]) == {a for a in point["arms"] if a not in split["none"]}
+    for arm, row in (split["none"] | split["eval.static=false"]).items():
+        assert row["word_perplexity"] == point["arms"][arm]["word_perplexity"], arm
 
 
 def test_corrupt_or_mismatched_agent(

@@ -69,6 +69,11 @@ def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_the_mixed_eval_scores_its_static_arms() -> None:
+    with pytest.raises(ConfigError, match="eval.static=false: the mixed eval matches"):
+        load_config(PRESET, ["eval.static=false", "data.dataset=mixed"])
+
+
 def test_a_reference_needs_budget_mode() -> None:
     with pytest.raises(ConfigError, match="env.reference needs env.reward=budget"):
         load_config(PRESET, ["env.reward=tradeoff", "env.reference=profile.json"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pruning.allocation import Profile, allocate
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
 from rl.levers import (
@@ -61,12 +62,12 @@ def test_split_actions() -> None:
     assert split_actions(actions[:, :3], 3, [])[1:] == (None, None)
 
 
-def bandit(llm: PrunableLLM, levers: list[str]) -> LeverBandit:
+def bandit(llm: PrunableLLM, levers: list[str], reference: Profile | None = None) -> LeverBandit:
     gen = torch.Generator().manual_seed(5)
     doc = [torch.randint(1, 97, (SEQ,), generator=gen).tolist() for _ in range(4)]
     task = WindowTask(doc, 0, SEQ, 4, contexts=[doc[:i] for i in range(4)])
     emb = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
-    action_map = ActionMap(N_LAYERS, D_FF, 8, (0.3, 0.3))
+    action_map = ActionMap(N_LAYERS, D_FF, 8, (0.3, 0.3), reference=reference)
     return LeverBandit(
         llm, task, emb, action_map, LogPerplexityRatioReward(), "mean_abs_activation",
         levers=levers, budget_radius=0.2, price=2.0, price_lr=1.0,
@@ -95,7 +96,21 @@ def test_lever_bandit_budgets_blend_stats_and_price(llm: PrunableLLM) -> None:
     assert not llm.is_pruned
 
 
-def test_lever_bandit_needs_dense_relative_rewards(llm: PrunableLLM) -> None:
+def test_lever_bandit_around_a_reference(llm: PrunableLLM) -> None:
+    """Zero layer actions are the reference profile at each input's own budget."""
+    reference = Profile(np.array([0.1, 0.5]), np.array([[0.0, 0.15, 0.15], [0.0, 0.75, 0.75]]))
+    env = bandit(llm, ["budget"], reference)
+    actions = np.zeros((4, N_LAYERS + 1), dtype=np.float32)
+    actions[:, -1] = [-1.0, -1.0, 1.0, 1.0]  # budgets 0.1, 0.1, 0.5, 0.5
+    _, infos = env.step(np.arange(4), np.full(4, 0.3), actions)
+    kept = np.stack([info["kept"] for info in infos])
+    budgets = np.array([0.1, 0.1, 0.5, 0.5])
+    assert np.array_equal(kept, allocate(reference.at(budgets), budgets, D_FF, 8))
+    assert kept[0, 0] == kept[3, 0] == D_FF and kept[3, 1] == 16  # layer 0 dense, as referenced
+    assert not llm.is_pruned
+
+
+def test_blend_needs_context_neurons(llm: PrunableLLM) -> None:
     with pytest.raises(ValueError, match="context neurons"):
         gen = torch.Generator().manual_seed(5)
         doc = [torch.randint(1, 97, (SEQ,), generator=gen).tolist() for _ in range(2)]
