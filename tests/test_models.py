@@ -206,8 +206,9 @@ def test_importance_command_writes_npz_that_score_reads(
 
 @pytest.mark.slow
 def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
-    """bench/real_models.py end to end (importance written where the preset looks, dense,
-    matched-sparsity sweep), with subprocesses of main.py as on the GPU."""
+    """bench/real_models.py end to end (importance written where the preset looks, dense, the
+    static arms, a policy around first/last 2 dense and its arms alone), with subprocesses of
+    main.py as on the GPU."""
     from bench.real_models import run
 
     config = make_tiny_project(tmp_path)
@@ -215,14 +216,19 @@ def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
     config.write_text(text)
     out = tmp_path / "bench"
     argv = ["--preset", str(config), "--out", str(out), "--max-length", "16", "--targets", "0.5",
-            "--stages", "importance,dense,sweep", "--device", "cpu", "--batch-size", "4",
-            "--set", "importance.format=npz"]  # fmt: skip
+            "--stages", "importance,dense,eval-static,train,eval", "--train-steps", "4",
+            "--device", "cpu", "--batch-size", "4", "--set", "importance.format=npz"]  # fmt: skip
     assert run(argv) == 0
     assert (tmp_path / "i.npz").is_file()
     results = json.loads((out / "results.json").read_text())
-    assert {"importance", "dense", "uniform_0.5_global", "ends_dense_0.5_context"} <= set(results)
-    assert results["uniform_0.5_context"]["sparsity"] == 0.5
-    assert "| 0.5 | global |" in (out / "table.md").read_text()
+    assert {"importance", "dense", "eval_static", "reference", "train", "eval"} <= set(results)
+    (static,), (policy,) = results["eval_static"]["sweep"], results["eval"]["sweep"]
+    assert set(static) == {"target", "uniform", "ends_dense", "uniform_context",
+                           "ends_dense_context"}  # fmt: skip
+    assert set(policy) == {"target", "policy_doc", "policy_mean", "policy_doc_context",
+                           "policy_mean_context"}  # fmt: skip
+    table = (out / "table.md").read_text()
+    assert "| WikiText-2 | 0.5 |" in table and f"| policy_mean | {policy['policy_mean']} |" in table
 
 
 def test_a_transformers_that_misloads_the_gguf_is_refused(
