@@ -1,8 +1,9 @@
 """Short table of a mixed-task `eval.json`: per target and neuron choice, every arm's overall
 figure (as the % change of the geometric mean of metric / dense over kinds) and its per-kind
-numbers, and how much of the per-input oracle's gain the policy captures.
+numbers, and how much of the per-input oracle's gain the policy captures; `--plot PNG` also
+draws the overall figure of every arm against the target (one panel per neuron choice).
 
-    python3 bench/mixed_table.py runs/eval_<time>/eval.json
+    python3 bench/mixed_table.py runs/eval_<time>/eval.json [--plot sweep.png]
 """
 
 from __future__ import annotations
@@ -41,11 +42,45 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+def plot(result: dict, path: Path) -> None:
+    """Overall figure (% above dense) vs the matched mean sparsity, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(e["neurons"] for e in result["sweep"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, neurons in zip(axes[0], panels, strict=True):
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for entry in sorted(result["sweep"], key=lambda e: e["matched"]):
+            if entry["neurons"] == neurons:
+                for arm, row in entry["arms"].items():
+                    point = (entry["matched"], 100 * (math.exp(row["overall"]) - 1))
+                    lines.setdefault(arm.removesuffix("_context"), []).append(point)
+        for arm, points in lines.items():
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, "--" if arm == "oracle" else "-", marker="o", label=arm)
+        ax.set(xlabel="mean MLP sparsity (token-weighted)", ylabel="overall figure, % above dense",
+               yscale="log", title=f"mixed task, {neurons} neurons")  # fmt: skip
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str]) -> int:
+    png = None
+    if len(argv) == 3 and argv[1] == "--plot":
+        argv, png = argv[:1], Path(argv[2])
     if len(argv) != 1 or not Path(argv[0]).is_file():
-        print("usage: python3 bench/mixed_table.py runs/eval_<time>/eval.json", file=sys.stderr)
+        print("usage: python3 bench/mixed_table.py runs/eval_<time>/eval.json [--plot PNG]",
+              file=sys.stderr)  # fmt: skip
         return 2
-    print("\n".join(table(json.loads(Path(argv[0]).read_text()))))
+    result = json.loads(Path(argv[0]).read_text())
+    print("\n".join(table(result)))
+    if png is not None:
+        plot(result, png)
     return 0
 
 
