@@ -230,3 +230,17 @@ def test_decisions_read_only_what_precedes_the_scored_tokens(project: Path) -> N
     assert [o[0] is None for o in orders] == [
         ev.task.kind(i) != "mmlu" and reqs == [0] for i, reqs in ev.units
     ]
+
+
+def test_mixed_table_and_figure_of_a_real_eval(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """bench/mixed_table.py on the H200 run's eval.json: the headline row and the figure."""
+    from bench.mixed_table import main as mixed_table
+
+    result = Path(__file__).parents[1] / "bench/results/mixed_smollm2_h200/residual_ends/eval.json"
+    assert mixed_table([str(result), "--plot", str(tmp_path / "sweep.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 0.5 | context | policy_input_context | 0.5003 | +231.27% |" in "\n".join(lines)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert mixed_table([str(result), "--plot"]) == 2
