@@ -138,7 +138,7 @@ def check_same_config(cfg: Config, run: Path) -> None:
 
 
 def start_or_resume(
-    cfg: Config, env: Any, resume: Path | None, obs_dim: int, n_layers: int
+    cfg: Config, env: Any, resume: Path | None, obs_dim: int, n_actions: int
 ) -> tuple[SAC, Path]:
     """A fresh agent in a new run folder, or the last checkpoint of `resume` with its buffer and
     random states (the run continues where it stopped instead of replaying its first steps)."""
@@ -151,7 +151,7 @@ def start_or_resume(
     ckpt = latest_checkpoint(resume / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{resume} has no complete checkpoint to resume from")
-    agent = load_agent(ckpt / AGENT, obs_dim, n_layers)
+    agent = load_agent(ckpt / AGENT, obs_dim, n_actions)
     agent.set_env(env)  # drops the last observation: learn() resets the env first
     agent.load_replay_buffer(ckpt / BUFFER)
     state = load_rng(ckpt)
@@ -194,9 +194,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     embeddings = observations(models, cfg.data, decision_texts(items))
     env = make_vec_env(cfg, pruner, models.tokenizer, items, embeddings)
     gc.freeze()  # the model's objects never die: keep the collector off them (steadier steps)
-    obs_dim, n_layers = env.observation_space.shape[0], env.action_space.shape[0]
-    agent, run_dir = start_or_resume(cfg, env, resume, obs_dim, n_layers)
-    print(f"run folder: {run_dir}  ({len(items)} training items, {n_layers} layers)")
+    obs_dim, n_actions = env.observation_space.shape[0], env.action_space.shape[0]
+    agent, run_dir = start_or_resume(cfg, env, resume, obs_dim, n_actions)
+    print(f"run folder: {run_dir}  ({len(items)} training items, {n_actions} actions per item)")
     progress = ProgressCallback(cfg.train.total_steps)
     checkpoints = CheckpointCallback(run_dir / "checkpoints", cfg.train.checkpoint_every)
     start = time.perf_counter()

@@ -207,17 +207,19 @@ def read_agent(path: Path, device: str = "auto") -> BaseAlgorithm:
         ) from exc
 
 
-def check_agent(agent: BaseAlgorithm, path: Path, obs_dim: int, n_layers: int) -> BaseAlgorithm:
-    """The agent fits this model's layers and this encoder's observations."""
+def check_agent(agent: BaseAlgorithm, path: Path, obs_dim: int, n_actions: int) -> BaseAlgorithm:
+    """The agent fits this model's actions (one per layer, plus its levers') and this encoder's
+    observations."""
     got_obs, got_act = agent.observation_space.shape, agent.action_space.shape
-    if got_obs != (obs_dim,) or got_act != (n_layers,):
+    if got_obs != (obs_dim,) or got_act != (n_actions,):
         raise ConfigError(
-            f"agent {path} was trained for {got_act[0]} layers and {got_obs[0]}-dim observations; "
-            f"this model has {n_layers} layers and the encoder gives {obs_dim} dims"
+            f"agent {path} was trained for {got_act[0]} actions and {got_obs[0]}-dim "
+            f"observations; this model and its levers need {n_actions} actions and the encoder "
+            f"gives {obs_dim} dims"
         )
     return agent
 
 
-def load_agent(path: Path, obs_dim: int, n_layers: int, device: str = "auto") -> BaseAlgorithm:
+def load_agent(path: Path, obs_dim: int, n_actions: int, device: str = "auto") -> BaseAlgorithm:
     """`read_agent`, then `check_agent`."""
-    return check_agent(read_agent(path, device), path, obs_dim, n_layers)
+    return check_agent(read_agent(path, device), path, obs_dim, n_actions)

@@ -33,7 +33,7 @@ def test_checkpoints_are_atomic_and_only_the_newest_is_kept(agent: SAC, tmp_path
     (tmp_path / "step_000000032.tmp" / AGENT).write_bytes(b"half a zip")
     assert latest_checkpoint(tmp_path) == second
     assert (second / BUFFER).is_file()
-    loaded = load_agent(second / AGENT, obs_dim=3, n_layers=1, device="cpu")
+    loaded = load_agent(second / AGENT, obs_dim=3, n_actions=1, device="cpu")
     assert loaded.num_timesteps == 16
     # the next checkpoint clears what the killed one left (about 32 MB each on a real run)
     agent.learn(8)
@@ -48,8 +48,8 @@ def test_load_agent_refuses_broken_or_mismatched(agent: SAC, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="corrupt or unreadable") as info:
         load_agent(truncated, 3, 1, "cpu")
     assert info.value.__cause__ is not None  # the reason SB3 gave, shown by --debug
-    with pytest.raises(ConfigError, match="trained for 1 layers and 3-dim observations"):
-        load_agent(path, obs_dim=384, n_layers=30, device="cpu")
+    with pytest.raises(ConfigError, match="trained for 1 actions and 3-dim observations"):
+        load_agent(path, obs_dim=384, n_actions=30, device="cpu")
     with pytest.raises(FileNotFoundError):
         load_agent(tmp_path / "missing.zip", 3, 1, "cpu")
     assert latest_checkpoint(tmp_path / "nothing") is None
