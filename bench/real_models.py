@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-generations", type=int, default=40)
     p.add_argument("--search-start", default="ends_dense", help="search.start (%(default)s)")
     p.add_argument("--profile", default=None, help="a searched profile.json (no `search` stage)")
+    p.add_argument(
+        "--static-from", default=None, help="another --out whose static arms this run's evals reuse"
+    )
     p.add_argument("--train-steps", type=int, default=30000, help="train.total_steps")
     p.add_argument("--mmlu-targets", default="0.3,0.5", help="MMLU eval targets (%(default)s)")
     p.add_argument(
@@ -246,6 +249,9 @@ def run(argv: list[str] | None = None) -> int:
     mmlu = ["--set", f"eval.targets=[{args.mmlu_targets}]", "--set", "eval.per_window=false"]
     size = mmlu_size(args)
     static_key = {"eval": "eval_static", "mmlu-eval": f"mmlu_static_{size}"}
+    if args.static_from:  # static stages run in parallel elsewhere: take what they finished
+        done = json.loads((Path(args.static_from) / "results.json").read_text())
+        runner.results |= {k: done[k] for k in static_key.values() if k in done}
     if "eval-static" in stages:
         runner.main("eval_static", "eval", "--agent", "none", "--neurons", "both", *searched, *wiki)
     if "mmlu-static" in stages:

@@ -229,6 +229,16 @@ def test_real_models_bench_on_the_tiny_project(tmp_path: Path) -> None:
                            "policy_mean_context"}  # fmt: skip
     table = (out / "table.md").read_text()
     assert "| WikiText-2 | 0.5 |" in table and f"| policy_mean | {policy['policy_mean']} |" in table
+    # the policy in another folder, beside the static run: its eval reuses the static arms
+    other = tmp_path / "policy"
+    argv[argv.index(str(out))] = str(other)
+    argv[argv.index("--stages") + 1] = "train,eval"
+    assert run([*argv, "--static-from", str(out)]) == 0
+    results = json.loads((other / "results.json").read_text())
+    assert results["eval_static"] == json.loads((out / "results.json").read_text())["eval_static"]
+    (policy,) = results["eval"]["sweep"]
+    assert "uniform" not in policy and "policy_mean_context" in policy
+    assert f"| uniform | {static['uniform']} |" in (other / "table.md").read_text()
 
 
 def test_a_transformers_that_misloads_the_gguf_is_refused(
