@@ -8,8 +8,9 @@
 #   bench/real_mixed.sh table      PRESET RUNS  # short table of the newest eval.json
 # PRESET: configs/smollm2-135m-cuda.yml or configs/qwen2.5-coder-1.5b.yml; RUNS: a folder.
 # LLM=<gguf or model folder> overrides model.llm (e.g. a GGUF joined by hand); IMPORTANCE=<file>
-# overrides env.importance_file (SmolLM2's ships in grouping_statistics/: skip `importance`;
-# Qwen2.5-Coder-1.5B: run it, then IMPORTANCE=RUNS/stats/<file>). Further arguments go to main.py. MMLU: the Hendrycks CSVs in ../shared/data/mmlu (or --set data.mmlu_path=...).
+# overrides env.importance_file (both presets' files ship in grouping_statistics/: `importance`
+# only for another model). Further arguments go to main.py. MMLU: the Hendrycks CSVs in
+# ../shared/data/mmlu (or --set data.mmlu_path=...).
 # Items: all 62 WikiText-2 test pages, all 48 test modules, LIMIT (default 300) MMLU test questions
 # (evenly spaced over subjects); training: every validation window, every train-module window and
 # every MMLU dev + val question (256-token windows).
