@@ -1,7 +1,7 @@
 """Dense quality and the matched-sparsity sweep of one real model, with the project's commands.
 
-Every number comes from `python3 main.py importance|score|search` run as a subprocess (their last
-stdout line is JSON); this script only builds the allocations and collects the table:
+Every number comes from `python3 main.py importance|score|search|train|eval` run as a subprocess
+(their last stdout line is JSON); this script only chooses the arguments and collects the table:
 
 - dense WikiText-2 test word perplexity (`--max-length`-token rolling windows, lm-eval's metric)
   and MMLU accuracy 0-shot and 5-shot (`letter`, lm-eval's acc) on a seeded sample;
@@ -161,19 +161,6 @@ def mmlu_sets(args: argparse.Namespace, shots: int) -> list[str]:
             f"env.max_length={args.mmlu_length}", f"env.mmlu_num_fewshot={shots}",
             "data.eval_split=test", f"data.max_samples={sample}", "eval.limit=null"]  # fmt: skip
     return [x for s in sets for x in ("--set", s)]
-
-
-def fractions_arg(kept: Any, width: int) -> str:
-    """Kept counts as the fractions `score` turns back into exactly these counts."""
-    return ",".join(f"{1 - int(k) / width:.12g}" for k in kept)
-
-
-def model_dims(runner: Runner) -> tuple[int, int]:
-    """(layers, MLP width) from the importance file (what every command checks it against)."""
-    from pruning.importance import read_importance_json
-
-    orderings = read_importance_json(importance_file(runner)).orderings
-    return int(orderings.shape[0]), int(orderings.shape[1])
 
 
 def importance_file(runner: Runner) -> Path:

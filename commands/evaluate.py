@@ -213,7 +213,9 @@ def evaluate_agent(
         doc_kept = None if agent is None else policy_kept(agent, ev.doc_obs, target, action_map)
         arms: dict[str, dict] = {}
         for context in modes:
-            arms |= score_arms(ev, agent, action_map, target, doc_kept, profile, context, cfg)
+            arms |= score_arms(
+                ev, agent, action_map, target, doc_kept, profile, context, cfg.eval.static
+            )
         matched = target if target is not None else arms[next(iter(arms))]["sparsity"]
         sweep.append({"target": matched, "arms": arms})
         if doc_kept is not None:
@@ -257,18 +259,18 @@ def score_arms(
     doc_kept: np.ndarray | None,
     profile: str | None,
     context: bool,
-    cfg: Config,
+    static: bool,
 ) -> dict[str, dict]:
     """Every pruned arm at `target` (a trade-off policy: at its own sparsity), with global or
     context neurons (then each arm's name ends in `_context`); `agent` None: the static arms
-    only, `eval.static` false: the policy's only."""
+    only, `static` false (`eval.static`): the policy's only."""
     suffix = "_context" if context else ""
     pruner, n_layers = ev.pruner, ev.pruner.llm.n_layers
     arms: dict[str, dict] = {}
     if doc_kept is not None:
         arms["policy_doc"] = ev.per_item(doc_kept, context)
     matched = target if target is not None else arms["policy_doc"]["sparsity"]
-    if cfg.eval.static or agent is None:
+    if static or agent is None:
         for name in BASELINES:
             kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
             arms[name] = ev.per_item(kept, context)
