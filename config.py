@@ -268,6 +268,10 @@ class EvalConfig(_Section):
     per_window: bool = True  # also let the policy decide per rolling window (WikiText)
     # false: only the policy's arms (the static ones from an `eval --agent none` of the same items)
     static: bool = True
+    # the static baselines scored beside the profile (`[]`: only the profile and policy arms)
+    baselines: list[Literal["uniform", "ends_dense"]] = Field(
+        default_factory=lambda: ["uniform", "ends_dense"]
+    )
 
     @model_validator(mode="after")
     def _check_targets(self) -> EvalConfig:
@@ -349,6 +353,11 @@ class Config(_Section):
             raise ValueError(
                 "eval.static=false: the mixed eval matches every arm to the oracle and compares "
                 "the policy with the static arms in one run; set eval.static=true"
+            )
+        if self.data.dataset == "mixed" and self.eval.baselines != ["uniform", "ends_dense"]:
+            raise ValueError(
+                f"eval.baselines={self.eval.baselines}: the mixed eval ranks the policy against "
+                "every static arm; leave eval.baselines at [uniform, ends_dense]"
             )
         return self
 

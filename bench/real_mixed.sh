@@ -9,7 +9,8 @@
 # PRESET: configs/smollm2-135m-cuda.yml or configs/qwen2.5-coder-1.5b.yml; RUNS: a folder.
 # LLM=<gguf or model folder> overrides model.llm (e.g. a GGUF joined by hand); IMPORTANCE=<file>
 # overrides env.importance_file (both presets' files ship in grouping_statistics/: `importance`
-# only for another model). Further arguments go to main.py. MMLU: the Hendrycks CSVs in
+# only for another model). Further arguments go to main.py last, so they override the stage's
+# settings below (e.g. --set train.checkpoint_every=1000). MMLU: the Hendrycks CSVs in
 # ../shared/data/mmlu (or --set data.mmlu_path=...).
 # Items: all 62 WikiText-2 test pages, all 48 test modules, LIMIT (default 300) MMLU test questions
 # (evenly spaced over subjects); training: every validation window, every train-module window and
@@ -28,23 +29,22 @@ args=(--config "$preset" --set model.device=cuda --set "train.runs_dir=$runs" --
 [[ -n ${LLM:-} ]] && args+=(--set "model.llm=$LLM")
 [[ -n ${IMPORTANCE:-} ]] && args+=(--set "env.importance_file=$IMPORTANCE")
 [[ -n ${LEVERS:-} ]] && args+=(--set env.neurons=context --set "env.levers=$LEVERS")
-args+=("$@")
 limit=(--limit "${LIMIT:-300}")  # per kind: WikiText has 62 pages, code 48 files
 case $stage in
   importance)  # into RUNS/stats; pass the file as IMPORTANCE=... to the other stages
     exec python3 main.py importance "${args[@]}" --set data.dataset=wikitext \
-      --set "importance.output_dir=$runs/stats" ;;
+      --set "importance.output_dir=$runs/stats" "$@" ;;
   static)
-    exec python3 main.py eval "${args[@]}" "${limit[@]}" --agent none --neurons "${NEURONS:-both}" ;;
+    exec python3 main.py eval "${args[@]}" "${limit[@]}" --agent none --neurons "${NEURONS:-both}" "$@" ;;
   train)
     exec python3 main.py train "${args[@]}" --set train.total_steps="${STEPS:-60000}" \
       --set train.n_envs=32 --set sac.gradient_steps=8 --set train.checkpoint_every=5000 \
       --set sac.learning_starts=1000 --set sac.buffer_size=100000 --set sac.batch_size=256 \
       --set sac.net_arch=[256,256] --set env.target_step=0.1 --set train.eval_after=false \
-      ${RESUME:+--resume latest} ;;
+      ${RESUME:+--resume latest} "$@" ;;
   eval)
     exec python3 main.py eval "${args[@]}" "${limit[@]}" --neurons "${NEURONS:-both}" \
-      ${AGENT:+--agent "$AGENT"} ;;
+      ${AGENT:+--agent "$AGENT"} "$@" ;;
   table)
     exec python3 bench/mixed_table.py "$(ls -t "$runs"/eval_*/eval.json | head -n 1)" ;;
   *) echo "usage: $0 importance|static|train|eval|table PRESET RUNS" >&2; exit 2 ;;

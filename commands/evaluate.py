@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import agent_env, policy_kept, read_profile
+from commands.allocations import agent_env, policy_kept, read_profile, read_profiles
 from commands.build import Pruner, make_pruner, make_task
 from commands.common import (
     check_limit,
@@ -44,10 +44,9 @@ from commands.common import (
     write_json,
 )
 from commands.plots import plot_profile, plot_sweep
-from config import Config
+from config import Config, EvalConfig
 from models import LoadedModels, load_models, peek_shape
 from pruning.allocation import (
-    BASELINES,
     baseline_kept,
     dense_kept,
     fractions_of,
@@ -213,9 +212,7 @@ def evaluate_agent(
         doc_kept = None if agent is None else policy_kept(agent, ev.doc_obs, target, action_map)
         arms: dict[str, dict] = {}
         for context in modes:
-            arms |= score_arms(
-                ev, agent, action_map, target, doc_kept, profile, context, cfg.eval.static
-            )
+            arms |= score_arms(ev, agent, action_map, target, doc_kept, profile, context, cfg.eval)
         matched = target if target is not None else arms[next(iter(arms))]["sparsity"]
         sweep.append({"target": matched, "arms": arms})
         if doc_kept is not None:
@@ -259,19 +256,19 @@ def score_arms(
     doc_kept: np.ndarray | None,
     profile: str | None,
     context: bool,
-    static: bool,
+    settings: EvalConfig,
 ) -> dict[str, dict]:
     """Every pruned arm at `target` (a trade-off policy: at its own sparsity), with global or
     context neurons (then each arm's name ends in `_context`); `agent` None: the static arms
-    only, `static` false (`eval.static`): the policy's only."""
+    only (`eval.baselines` and the profile), `eval.static` false: the policy's only."""
     suffix = "_context" if context else ""
     pruner, n_layers = ev.pruner, ev.pruner.llm.n_layers
     arms: dict[str, dict] = {}
     if doc_kept is not None:
         arms["policy_doc"] = ev.per_item(doc_kept, context)
     matched = target if target is not None else arms["policy_doc"]["sparsity"]
-    if static or agent is None:
-        for name in BASELINES:
+    if settings.static or agent is None:
+        for name in settings.baselines:
             kept = baseline_kept(name, matched, n_layers, pruner.width, pruner.align)
             arms[name] = ev.per_item(kept, context)
         if profile:
@@ -292,12 +289,14 @@ def score_arms(
 
 def searched_kept(path: Path, target: float, n_layers: int, pruner: Pruner) -> np.ndarray | None:
     """The profile's kept counts at `target` (None if it has none there), as `search` wrote
-    them; a hand-written profile of fractions off the target is projected onto it."""
+    them; a profile off the target (hand-written fractions, another align) has its fractions
+    projected onto it, as `mean_profile` projects a policy's mean."""
     shape = (n_layers, pruner.width, pruner.align)
     kept = read_profile(path, shape, round(target, 6), missing_ok=True)
     if kept is None or kept.sum() == target_blocks(target, *shape) * pruner.align:
         return kept
-    return project_to_target(fractions_of(kept, pruner.width), target, pruner.width, pruner.align)
+    fractions = read_profiles(path, *shape).at(target)[0]
+    return project_to_target(fractions, target, pruner.width, pruner.align)
 
 
 def metric_name(row: dict) -> str:

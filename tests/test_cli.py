@@ -199,6 +199,17 @@ def test_train_resume_eval(project: Path, capsys: pytest.CaptureFixture) -> None
     assert set(split["eval.static=false"]) == {a for a in point["arms"] if a not in split["none"]}
     for arm, row in (split["none"] | split["eval.static=false"]).items():
         assert row["word_perplexity"] == point["arms"][arm]["word_perplexity"], arm
+    # the policy's mean fractions as a hand-written profile, scored alone (eval.baselines=[]):
+    # projected onto the target like the policy's mean, so the same allocation and number
+    mean = both["policy_profiles"]["0.2500"]["mean_fractions"]
+    learned = run / "learned.json"
+    learned.write_text(json.dumps({"profiles": [{"target": 0.25, "fractions": mean}]}))
+    assert main(["eval", "--config", str(project), "--agent", "none", "--profile", str(learned),
+                 "--set", "eval.baselines=[]", "--set", "eval.targets=[0.25]"]) == 0  # fmt: skip
+    (alone,) = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())["sweep"]
+    assert set(alone["arms"]) == {"searched"}
+    for key in ("sparsity", "word_perplexity"):
+        assert alone["arms"]["searched"][key] == point["arms"]["policy_mean"][key], key
 
 
 def test_corrupt_or_mismatched_agent(

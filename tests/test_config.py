@@ -72,6 +72,11 @@ def test_bad_values_fail_with_one_line(override: str, message: str) -> None:
 def test_the_mixed_eval_scores_its_static_arms() -> None:
     with pytest.raises(ConfigError, match="eval.static=false: the mixed eval matches"):
         load_config(PRESET, ["eval.static=false", "data.dataset=mixed"])
+    with pytest.raises(ConfigError, match=r"eval.baselines=\['uniform'\]: the mixed eval ranks"):
+        load_config(PRESET, ["eval.baselines=[uniform]", "data.dataset=mixed"])
+    with pytest.raises(ConfigError, match="eval.baselines"):
+        load_config(PRESET, ["eval.baselines=[searched]"])
+    assert load_config(PRESET, ["eval.baselines=[]"]).eval.baselines == []
 
 
 def test_a_reference_needs_budget_mode() -> None:

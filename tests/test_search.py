@@ -231,3 +231,21 @@ def test_bench_search_counts_evaluations_as_search_does(tmp_path: Path) -> None:
     assert row["evaluations"] == 1 + 2 * (16 + 2)
     assert row["tokens_scored"] == 31 * (8 + 2 * (16 * 4 + 2 * 8))
     assert json.loads((tmp_path / "s.json").read_text())["evaluations"] == 37
+
+
+def test_a_profile_off_its_target_projects_its_fractions_not_their_rounding(
+    tmp_path: Path,
+) -> None:
+    # kept_counts rounds these to [40, 56, 64, 64] (0.125 pruned); projecting that rounding onto
+    # 0.3 gives [32, 48, 48, 48], the fractions themselves [32, 40, 48, 56] (as a policy's mean)
+    from types import SimpleNamespace
+
+    from commands.evaluate import searched_kept
+    from pruning.allocation import project_to_target
+
+    fractions = [0.38, 0.16, 0.02, 0.01]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"profiles": [{"target": 0.3, "fractions": fractions}]}))
+    kept = searched_kept(path, 0.3, 4, SimpleNamespace(width=64, align=8))
+    assert kept.tolist() == [32, 40, 48, 56]
+    assert kept.tolist() == project_to_target(fractions, 0.3, 64, 8).tolist()
