@@ -15,7 +15,7 @@ import torch
 
 from pruning.importance import CRITERIA, CriterionName, statistic_hooks
 from pruning.prunable_llm import PrunableLLM
-from scoring.metrics import pad_rows
+from scoring.metrics import pad_rows, without_head
 
 ROWS_PER_CHUNK = 256  # rows whose statistics are held at once ([rows, n_layers, d_ff] float32)
 
@@ -38,13 +38,14 @@ def row_statistics(
         out[index["rows"], layer] = stats.sum(dim=1).cpu()
 
     device = model.get_input_embeddings().weight.device
+    body = without_head(model) or model  # the hooks read the MLPs: no LM head needed
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
     with statistic_hooks(model, CRITERIA[criterion].token_stat, store) as current:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             ids, mask = pad_rows([rows[i] for i in chunk], device)
             index["rows"], current["mask"] = torch.tensor(chunk), mask
-            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            body(input_ids=ids, attention_mask=mask.long(), use_cache=False)
     return out
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from pruning.allocation import validate_orderings
 from pruning.prunable_llm import PrunableLLM
-from scoring.metrics import pad_rows
+from scoring.metrics import pad_rows, without_head
 
 CriterionName = Literal["mean_abs_activation", "wanda"]
 
@@ -130,6 +130,7 @@ def collect_importance(
 
     device = model.get_input_embeddings().weight.device
     n_tokens = torch.zeros((), dtype=torch.long)
+    body = without_head(model) or model  # the hooks read the MLPs: no LM head needed
     with statistic_hooks(model, spec.token_stat, accumulate) as current:
         for batch in batches:
             input_ids = batch["input_ids"].to(device)
@@ -137,7 +138,7 @@ def collect_importance(
             attn = torch.ones_like(input_ids) if attn is None else attn.to(device)
             current["mask"] = attn.bool()
             n_tokens = n_tokens + current["mask"].sum().cpu()
-            model(input_ids=input_ids, attention_mask=attn, use_cache=False)
+            body(input_ids=input_ids, attention_mask=attn, use_cache=False)
     if any(s is None for s in sums):
         raise ValueError("no batches: nothing to score")
     total = int(n_tokens)

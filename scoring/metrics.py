@@ -87,6 +87,15 @@ def pad_rows(
     return input_ids.to(device), mask.to(device)
 
 
+def without_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder stack under a causal LM's head (`model.model` beside `model.lm_head`: LLaMA,
+    Qwen2, Gemma-3 ...), None for another layout. A pass that only reads activations runs it
+    alone: the head over every position of 64 MMLU prompts of 2,048 tokens and a 152k
+    vocabulary is an 18 GiB tensor."""
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    return body if body is not None and head is not None else None
+
+
 def _target_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -99,13 +108,13 @@ def _target_logits(
     For a LLaMA-layout model the LM head runs on the scored positions alone: an MMLU prompt of
     500 tokens needs 1-4 of them, and a 128k vocabulary never makes a [B, T, V] tensor.
     """
-    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    body = without_head(model)
     device = input_ids.device
     rows, positions = rows.to(device), positions.to(device)
-    if body is None or head is None:
+    if body is None:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return head(hidden[rows, positions])
+    return model.lm_head(hidden[rows, positions])
 
 
 def score_rows(

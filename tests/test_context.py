@@ -83,6 +83,19 @@ def test_statistics_match_importance_collection() -> None:
     assert torch.allclose(sums[1], alone[0], rtol=1e-5, atol=1e-6)  # padding is not counted
 
 
+def test_statistics_never_run_the_lm_head() -> None:
+    """Both statistics passes read the MLPs only: the LM head (a [B, T, vocab] tensor) stays off."""
+    llm = tiny_llm()
+    calls = []
+    llm.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    row = list(range(1, 13))
+    row_statistics(llm, [row, row[:5]], "mean_abs_activation", batch_size=2)
+    collect_importance(llm, [{"input_ids": torch.tensor([row])}], "mean_abs_activation")
+    assert calls == []
+    llm(input_ids=torch.tensor([row]))
+    assert calls == [1]  # the hook sees a full forward pass
+
+
 class _Calc:
     """The part of PerplexityCalculator a DocumentTask uses, on pre-tokenized documents."""
 
