@@ -138,7 +138,9 @@ class EnvConfig(_Section):
     # most `radius` per layer around the profile at the episode's target (a = 0 is the profile),
     # and is paid relative to it on the same item: -log(ppl / ppl_reference), c - c_reference
     reference: str | None = None
-    radius: float = Field(default=0.2, gt=0, le=1)
+    # 0: no per-layer actions at all (the reference's shape for every input; with the budget or
+    # blend lever the policy then decides only those)
+    radius: float = Field(default=0.2, ge=0, le=1)
     # what a per-input policy decides and sees beyond per-layer fractions (rl/levers.py):
     # budget: its own total sparsity, target +- budget_radius, the mean held on target by a price
     # (eval: projected over the items); blend: per layer, context vs global neuron ranking;
@@ -183,6 +185,12 @@ class EnvConfig(_Section):
         if self.levers and self.reward != "budget":
             raise ValueError(
                 f"env.levers={self.levers} needs env.reward=budget; or set env.levers=[]"
+            )
+        decides = {"budget", "blend"} & set(self.levers)
+        if self.radius == 0 and (self.reference is None or not decides):
+            raise ValueError(
+                "env.radius=0 leaves the policy no per-layer actions: it needs env.reference and "
+                "env.levers with budget or blend; or set env.radius=0.2"
             )
         if {"blend", "stats"} & set(self.levers) and self.neurons != "context":
             raise ValueError(

@@ -53,7 +53,7 @@ from rl.env import observe
 from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
 from scoring.batched import score_samples
 from scoring.mixed import MixedTask, kind_loss, overall_figure
-from scoring.tasks import task_orderings
+from scoring.tasks import item_tokens, task_orderings
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
 ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
@@ -71,7 +71,7 @@ class MixedEvaluator:
         self.items = items  # MixedItems, in the task's order
         self.task: MixedTask = make_task(cfg, models.tokenizer, items)  # type: ignore[assignment]
         self.weights = cfg.data.active_kinds
-        self.tokens = np.array([self.task.item_tokens(i) for i in range(len(self.task))])
+        self.tokens = np.array([item_tokens(self.task, i) for i in range(len(self.task))])
         self.units: list[tuple[int, list[int]]] = []  # (item, its requests)
         for i in range(len(self.task)):
             n = len(self.task.requests(i))
@@ -80,7 +80,7 @@ class MixedEvaluator:
             else:  # each window of a page or file
                 self.units += [(i, [j]) for j in range(n)]
         self.unit_item = np.array([i for i, _ in self.units])
-        self.unit_tokens = np.array([self.task.item_tokens(i, reqs) for i, reqs in self.units])
+        self.unit_tokens = np.array([item_tokens(self.task, i, reqs) for i, reqs in self.units])
         self.criterion = cfg.importance.criterion
         self.orderings: list | None = None
         self.context_fallbacks = 0
@@ -208,7 +208,7 @@ class Policy:
             features = item_features(ev.unit_orderings(), global_ordering(ev.pruner.llm))
             obs = np.concatenate([obs, features], axis=1, dtype=np.float32)
         self.obs = obs
-        n_actions = action_dim(ev.n_layers, self.levers)
+        n_actions = action_dim(ev.n_layers, self.levers, self.action_map.layer_actions)
         self.agent = check_agent(agent, path, obs.shape[1] + self.action_map.budget, n_actions)
 
     def arms(self, target: float, context: bool) -> dict[str, dict]:
@@ -216,7 +216,9 @@ class Policy:
         unit its own allocation, budget and blend), both at token-weighted mean `target`."""
         targets = np.full(len(self.obs), target)
         actions, _ = self.agent.predict(observe(self.obs, targets), deterministic=True)
-        layer, blend, budget = split_actions(actions, self.ev.n_layers, self.levers)
+        layer, blend, budget = split_actions(
+            actions, self.ev.n_layers, self.levers, self.action_map.layer_actions
+        )
         at_target = self.action_map.kept(layer, targets)
         mean = mean_profile(at_target, target, self.action_map.width, self.action_map.align)
         n_items = len(self.ev.task)

@@ -70,6 +70,11 @@ class ActionMap:
     def budget(self) -> bool:
         return self.targets is not None
 
+    @property
+    def layer_actions(self) -> bool:
+        """False when radius 0 pins every input to the reference's shape (`env.radius`)."""
+        return self.reference is None or self.radius > 0
+
     def sample_targets(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """[n] targets of new episodes (NaN in trade-off mode)."""
         if self.targets is None:

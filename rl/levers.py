@@ -2,8 +2,10 @@
 
 Levers (`env.levers`):
 - `budget`: one more action a_b per input: its total sparsity is target + budget_radius * a_b
-  (clipped to [0, 0.95]). Training holds the mean on target with a price on sparsity: the reward
-  gains price * (sparsity - target) and the price follows the batch's shortfall,
+  (clipped to [0, 0.95]). Training holds the token-weighted mean on target, as `eval` measures
+  it, with a price on sparsity: the reward gains price * w * (sparsity - target), w the input's
+  tokens over the mean of all training inputs' (a short MMLU question's sparsity weighs less than
+  a full window's), and the price follows the batch's token-weighted shortfall,
   price += price_lr * (target - mean sparsity) (dual ascent). `eval` projects the batch's
   budgets onto the target exactly instead (`pruning.budgets.project_budgets`).
 - `blend`: n_layers more actions: layer l ranks this input's neurons by
@@ -15,8 +17,9 @@ Levers (`env.levers`):
   and a flag for "no context" (then the shares are 0).
 Every decision reads only the item's context (earlier windows, the prompt), never its targets.
 With a reference profile (`env.reference`) the layer actions are deviations around it at the
-input's own budget (all actions 0: the reference at the target); rewards are paid relative to the
-dense model either way.
+input's own budget (all actions 0: the reference at the target; `env.radius` 0: no layer actions,
+every input gets the reference's shape and the policy decides only its levers); rewards are paid
+relative to the dense model either way.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gymnasium import spaces
 from pruning.allocation import sparsity_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import PruningBandit
-from scoring.tasks import score_task
+from scoring.tasks import item_tokens, score_task
 
 FEATURE_FRACTIONS = (0.1, 0.3, 0.5)
 MAX_BUDGET = 0.95
@@ -91,12 +94,16 @@ def item_features(
 
 
 def split_actions(
-    actions: np.ndarray, n_layers: int, levers: Sequence[str]
+    actions: np.ndarray, n_layers: int, levers: Sequence[str], layers: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """actions [n, L (+ L blend) (+ 1 budget)] -> (layer actions, blend b [n, L] in [0, 1],
-    budget actions [n]); None for a lever that is off."""
+    """actions [n, (L) (+ L blend) (+ 1 budget)] -> (layer actions [n, L], blend b [n, L] in
+    [0, 1], budget actions [n]); None for a lever that is off; `layers` False (`env.radius` 0):
+    no layer actions, all zero (the reference)."""
     actions = np.asarray(actions, dtype=np.float64)
-    layer, rest = actions[:, :n_layers], actions[:, n_layers:]
+    if layers:
+        layer, rest = actions[:, :n_layers], actions[:, n_layers:]
+    else:
+        layer, rest = np.zeros((len(actions), n_layers)), actions
     blend = None
     if "blend" in levers:
         blend, rest = (np.clip(rest[:, :n_layers], -1, 1) + 1) / 2, rest[:, n_layers:]
@@ -104,8 +111,8 @@ def split_actions(
     return layer, blend, budget
 
 
-def action_dim(n_layers: int, levers: Sequence[str]) -> int:
-    return n_layers * (1 + ("blend" in levers)) + ("budget" in levers)
+def action_dim(n_layers: int, levers: Sequence[str], layers: bool = True) -> int:
+    return n_layers * (layers + ("blend" in levers)) + ("budget" in levers)
 
 
 class LeverBandit(PruningBandit):
@@ -126,6 +133,10 @@ class LeverBandit(PruningBandit):
         self.levers, self.budget_radius = tuple(levers), budget_radius
         self.price, self.price_lr = price, price_lr
         self.global_order = global_ordering(self.model)
+        self.token_weight = np.ones(self.n_items)
+        if "budget" in self.levers:
+            tokens = np.array([item_tokens(self.task, i) for i in range(self.n_items)], float)
+            self.token_weight = tokens / tokens.mean()
         if "stats" in self.levers:
             found = self.orderings(range(self.n_items)) if self.criterion else None
             if found is None:
@@ -136,7 +147,10 @@ class LeverBandit(PruningBandit):
     @property
     def action_space(self) -> spaces.Box:
         return spaces.Box(
-            -1.0, 1.0, (action_dim(self.action_map.n_layers, self.levers),), np.float32
+            -1.0,
+            1.0,
+            (action_dim(self.action_map.n_layers, self.levers, self.action_map.layer_actions),),
+            np.float32,
         )
 
     def budgets(self, targets: np.ndarray, budget: np.ndarray | None) -> np.ndarray:
@@ -147,7 +161,9 @@ class LeverBandit(PruningBandit):
     def step(
         self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        layer, blend, budget = split_actions(actions, self.action_map.n_layers, self.levers)
+        layer, blend, budget = split_actions(
+            actions, self.action_map.n_layers, self.levers, self.action_map.layer_actions
+        )
         budgets = self.budgets(targets, budget)
         kept = self.action_map.kept(layer, budgets)  # [n, L]
         dense = self.dense_metrics(indices)
@@ -159,17 +175,18 @@ class LeverBandit(PruningBandit):
             ]
         lls = score_task(self.model, self.task, list(indices), kept, orderings)
         sparsity = sparsity_of(kept, self.action_map.width)  # [n]
-        price = self.price
+        price, weight = self.price, self.token_weight[np.asarray(indices)]
         rewards = np.zeros(len(indices), dtype=np.float32)
         infos = []
         for k, i in enumerate(indices):
             metric = self.task.metric(int(i), lls[k])
             quality = self.reward_fn(metric, float(dense[k]), float(sparsity[k]))
-            rewards[k] = quality + price * (sparsity[k] - targets[k])
+            rewards[k] = quality + price * weight[k] * (sparsity[k] - targets[k])
             info = {"index": int(i), "metric": metric, "dense_metric": float(dense[k])}
             info |= {"sparsity": float(sparsity[k]), "kept": kept[k], "target": float(targets[k])}
             info |= {"price": price}
             infos.append(info)
         if budget is not None:  # dual ascent: a batch below target raises the price
-            self.price += self.price_lr * float(np.mean(targets) - np.mean(sparsity))
+            shortfall = np.asarray(targets, dtype=np.float64) - sparsity
+            self.price += self.price_lr * float(np.dot(weight, shortfall) / weight.sum())
         return rewards, infos

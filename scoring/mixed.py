@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scoring.tasks import ContextRows, MMLUTask, Task
-from scoring.windows import Window, model_input
+from scoring.windows import Window
 
 TEXT_METRIC = "word_perplexity"
 
@@ -100,12 +100,3 @@ class MixedTask:
             grouped[kind][1].append(ll)
         kinds = {k: self.tasks[k].summary(loc, lls) for k, (loc, lls) in grouped.items()}
         return {"kinds": kinds}
-
-    def item_tokens(self, idx: int, requests: Sequence[int] | None = None) -> int:
-        """Tokens the model reads for item idx (its distinct input rows; only those of
-        `requests`, indices into its requests, if given): the weight of its sparsity in the
-        token-weighted mean."""
-        windows = self.requests(idx)
-        chosen = windows if requests is None else [windows[j] for j in requests]
-        rows = {tuple(model_input(c, t, self.max_length)) for c, t in chosen}
-        return sum(len(r) for r in rows)

@@ -177,6 +177,14 @@ def task_orderings(
     return orderings, sum(o is None for item in orderings for o in item)
 
 
+def item_tokens(task: Task, idx: int, requests: Sequence[int] | None = None) -> int:
+    """Tokens the model reads for item idx (its distinct input rows; only those of `requests`,
+    indices into its requests, if given): the weight of its sparsity in a token-weighted mean."""
+    windows = task.requests(idx)
+    chosen = windows if requests is None else [windows[j] for j in requests]
+    return sum(len(r) for r in {tuple(model_input(c, t, task.max_length)) for c, t in chosen})
+
+
 def score_task(
     model: PrunableLLM,
     task: Task,

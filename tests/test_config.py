@@ -47,7 +47,7 @@ def test_set_overrides_parse_yaml_values() -> None:
         ("sac.init_action=1", r"sac.init_action=1.0 must be strictly between 0 and 1"),
         ("sac.ent_coef=banana", "sac.ent_coef='banana' is not 'auto'"),
         ("env.target_step=0.15", "env.target_step=0.15 must divide the target range"),
-        ("env.radius=0", "config key 'env.radius'"),
+        ("env.radius=-0.1", "config key 'env.radius'"),
         ("seed=-1", "config key 'seed'"),
         ("sac.target_entropy=foo", "sac.target_entropy='foo' is not 'auto' or a number"),
         ("sac.net_arch=[]", "config key 'sac.net_arch'"),
@@ -77,6 +77,14 @@ def test_the_mixed_eval_scores_its_static_arms() -> None:
     with pytest.raises(ConfigError, match="eval.baselines"):
         load_config(PRESET, ["eval.baselines=[searched]"])
     assert load_config(PRESET, ["eval.baselines=[]"]).eval.baselines == []
+
+
+def test_radius_zero_needs_a_reference_and_a_lever() -> None:
+    for sets in (["env.radius=0"], ["env.radius=0", "env.reference=p.json"]):
+        with pytest.raises(ConfigError, match="env.radius=0 leaves the policy no per-layer"):
+            load_config(PRESET, sets)
+    sets = ["env.radius=0", "env.reference=p.json", "env.levers=[budget]"]
+    assert load_config(PRESET, sets).env.radius == 0
 
 
 def test_a_reference_needs_budget_mode() -> None:

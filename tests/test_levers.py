@@ -62,9 +62,14 @@ def test_split_actions() -> None:
     assert split_actions(actions[:, :3], 3, [])[1:] == (None, None)
 
 
-def bandit(llm: PrunableLLM, levers: list[str], reference: Profile | None = None) -> LeverBandit:
+def bandit(
+    llm: PrunableLLM,
+    levers: list[str],
+    reference: Profile | None = None,
+    lengths: tuple[int, ...] = (SEQ,) * 4,
+) -> LeverBandit:
     gen = torch.Generator().manual_seed(5)
-    doc = [torch.randint(1, 97, (SEQ,), generator=gen).tolist() for _ in range(4)]
+    doc = [torch.randint(1, 97, (n,), generator=gen).tolist() for n in lengths]
     task = WindowTask(doc, 0, SEQ, 4, contexts=[doc[:i] for i in range(4)])
     emb = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     action_map = ActionMap(N_LAYERS, D_FF, 8, (0.3, 0.3), reference=reference)
@@ -94,6 +99,28 @@ def test_lever_bandit_budgets_blend_stats_and_price(llm: PrunableLLM) -> None:
     env.step(idx, targets, actions)
     assert env.price > 2.0 + (0.3 - sparsity.mean())
     assert not llm.is_pruned
+
+
+def test_the_price_weighs_each_input_by_its_tokens(llm: PrunableLLM) -> None:
+    """The mean held on target is token-weighted, as in `eval`: a short input's sparsity is
+    paid and counted by its share of the tokens."""
+    env = bandit(llm, ["budget"], lengths=(SEQ, 2, SEQ, 2))
+    tokens = np.array([1 + SEQ - 1, 1 + 2 - 1, 1 + SEQ - 1, 1 + 2 - 1])  # prefix + all but last
+    assert np.allclose(env.token_weight, tokens / tokens.mean())  # 1.6, 0.4, 1.6, 0.4
+    actions = np.zeros((4, N_LAYERS + 1), dtype=np.float32)
+    actions[:, -1] = [-1.0, 1.0, -1.0, 1.0]  # the short inputs prune more
+    rewards, infos = env.step(np.arange(4), np.full(4, 0.3), actions)
+    sparsity = np.array([i["sparsity"] for i in infos])
+    base = LogPerplexityRatioReward()
+    for k, info in enumerate(infos):
+        quality = base(info["metric"], info["dense_metric"], info["sparsity"])
+        paid = 2.0 * env.token_weight[k] * (sparsity[k] - 0.3)
+        assert rewards[k] == pytest.approx(quality + paid, abs=1e-6)
+    assert np.allclose(sparsity, [2 / 24, 0.5, 2 / 24, 0.5])  # 24 align-8 blocks in all
+    # per input the batch is 0.008 short of 0.3; by tokens (the long inputs prune less) 0.13
+    shortfall = 0.3 - np.dot(tokens, sparsity) / tokens.sum()
+    assert shortfall == pytest.approx(0.3 - (2 * 8 * 2 / 24 + 2 * 2 * 0.5) / 20)
+    assert env.price == pytest.approx(2.0 + shortfall)
 
 
 def test_lever_bandit_around_a_reference(llm: PrunableLLM) -> None:

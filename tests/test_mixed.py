@@ -21,7 +21,7 @@ from main import main
 from models import load_models
 from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
 from scoring.mixed import answer_perplexity, kind_loss, overall_figure
-from tests.fixtures import fails_cleanly, last_json, make_tiny_project
+from tests.fixtures import N_LAYERS, fails_cleanly, last_json, make_tiny_project
 
 MIXED = ["--set", "data.dataset=mixed"]
 REL = 1e-9
@@ -177,6 +177,29 @@ def test_train_and_eval_with_levers(
     # per-input budgets projected onto the oracle's token-weighted mean, to within one neuron
     assert arms["policy_input_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
     assert set(entry["gains"]["captured"]) == {"policy_mean", "policy_input"}
+
+
+def test_budget_alone_around_a_reference(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """env.radius=0: one action per input (its budget), every input the reference's shape; the
+    policy's mean profile is then the reference itself (here uniform) at the target."""
+    reference = tmp_path / "uniform.json"
+    profiles = [{"target": t, "fractions": [t] * N_LAYERS} for t in (0.1, 0.5)]
+    reference.write_text(json.dumps({"profiles": profiles}))
+    sets = [*MIXED, "--set", f"train.runs_dir={tmp_path}", "--set", "env.neurons=context"]
+    sets += ["--set", "env.levers=[budget]", "--set", "env.radius=0"]
+    sets += ["--set", f"env.reference={reference}", "--set", "env.align=1"]
+    argv = ["train", "--config", str(project), *sets, "--set", "data.max_samples=4"]
+    assert main(argv) == 0
+    assert ", 1 actions per item)" in capsys.readouterr().out
+    argv = ["eval", "--config", str(project), *sets, "--limit", "2", "--set", "eval.targets=[0.3]"]
+    assert main(argv) == 0
+    (entry,) = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())["sweep"]
+    arms = entry["arms"]
+    for key in ("overall", "sparsity"):
+        assert arms["policy_mean_context"][key] == arms["uniform_context"][key], key
+    assert arms["policy_input_context"]["sparsity"] == pytest.approx(entry["matched"], abs=0.01)
 
 
 def test_levers_need_context_neurons(project: Path, capsys: pytest.CaptureFixture) -> None:
