@@ -80,6 +80,7 @@ class MixedEvaluator:
             else:  # each window of a page or file
                 self.units += [(i, [j]) for j in range(n)]
         self.unit_item = np.array([i for i, _ in self.units])
+        self.item_kind = np.array([self.task.kind(i) for i in range(len(self.task))])
         self.unit_tokens = np.array([item_tokens(self.task, i, reqs) for i, reqs in self.units])
         self.criterion = cfg.importance.criterion
         self.orderings: list | None = None
@@ -141,14 +142,18 @@ class MixedEvaluator:
         unit_blend = None if blend is None else blend[self.unit_item]
         return self.score_units(kept[self.unit_item], context, unit_blend), kept
 
-    def row(self, lls: list, kept: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, Any]:
-        """Per-kind summaries, overall figure and the token-weighted sparsity of kept (per
-        item; per unit with `tokens` = self.unit_tokens)."""
+    def row(self, lls: list, kept: np.ndarray, per_unit: bool = False) -> dict[str, Any]:
+        """Per-kind summaries, overall figure and the token-weighted sparsity of kept (per item;
+        per unit with `per_unit`), overall and per kind (where a per-input arm spends it)."""
         kinds = self.task.summary(range(len(self.task)), lls)["kinds"]
         sparsity = np.asarray(sparsity_of(kept, self.pruner.width)).reshape(-1)
+        tokens = self.unit_tokens if per_unit else self.tokens
+        kind = self.item_kind[self.unit_item] if per_unit else self.item_kind
+        by_kind = {k: weighted_mean(sparsity[kind == k], tokens[kind == k]) for k in kinds}
         return {
             "overall": overall_figure(kinds, self.dense, self.weights),
-            "sparsity": weighted_mean(sparsity, self.tokens if tokens is None else tokens),
+            "sparsity": weighted_mean(sparsity, tokens),
+            "kind_sparsity": {k: round(v, 4) for k, v in by_kind.items()},
             "kinds": kinds,
         }
 
@@ -158,7 +163,7 @@ class MixedEvaluator:
 
     def unit_arm(self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None) -> dict:
         """An allocation (and blend) per unit [n_units, L]."""
-        return self.row(self.score_units(kept, context, blend), kept, self.unit_tokens)
+        return self.row(self.score_units(kept, context, blend), kept, per_unit=True)
 
     def item_cost(self, i: int, lls: list[float]) -> float:
         """Item i's (linearised) share of the overall figure: text, its log-likelihood over

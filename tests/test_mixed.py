@@ -151,6 +151,12 @@ def test_eval_mixed_static_arms_and_oracle(
         assert arms[arm]["overall"] == pytest.approx(overall, rel=1e-6), arm
         assert arms[arm]["sparsity"] == pytest.approx(sparsity, rel=1e-12), arm
     assert glob["matched"] == arms["oracle"]["sparsity"]  # every arm is scored at the oracle's mean
+    # where each arm spends its sparsity: alike for a static arm, the oracle's MMLU at 0.4
+    by_kind = arms["uniform"]["kind_sparsity"]
+    assert by_kind == dict.fromkeys(("wikitext", "code", "mmlu"), round(0.3515625, 4))
+    by_kind = arms["oracle"]["kind_sparsity"]
+    assert by_kind["mmlu"] == pytest.approx(0.4, abs=1 / 64)
+    assert min(by_kind.values()) < arms["oracle"]["sparsity"] < max(by_kind.values())
     # the searched profile of 0.3, moved onto the matched mean (to one neuron of 2 x 64)
     assert arms["searched"]["sparsity"] == pytest.approx(glob["matched"], abs=1 / 128)
     assert arms["searched"]["overall"] == pytest.approx(-0.0007033823288763825, rel=1e-6)
