@@ -362,7 +362,8 @@ class Config(_Section):
                 "eval.static=false: the mixed eval matches every arm to the oracle and compares "
                 "the policy with the static arms in one run; set eval.static=true"
             )
-        if self.data.dataset == "mixed" and self.eval.baselines != ["uniform", "ends_dense"]:
+        every = EvalConfig.model_fields["baselines"].get_default(call_default_factory=True)
+        if self.data.dataset == "mixed" and self.eval.baselines != every:
             raise ValueError(
                 f"eval.baselines={self.eval.baselines}: the mixed eval ranks the policy against "
                 "every static arm; leave eval.baselines at [uniform, ends_dense]"

@@ -41,10 +41,12 @@ from config import Config
 from data.mixed import prompts_before
 from models import LoadedModels, load_models
 from pruning.allocation import (
+    BASELINES,
     baseline_kept,
     fractions_of,
     mean_profile,
     project_to_target,
+    ranks_of,
     sparsity_of,
 )
 from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
@@ -57,7 +59,6 @@ from scoring.tasks import item_tokens, task_orderings
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
 ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
-STATIC_ARMS = ("uniform", "ends_dense")
 
 
 class MixedEvaluator:
@@ -122,9 +123,9 @@ class MixedEvaluator:
         requests = [[self.task.requests(i)[j] for j in reqs] for i, reqs in self.units]
         orderings = self.unit_orderings() if context else None
         if orderings is not None and blend is not None:
-            order = global_ordering(self.pruner.llm)
+            ranks = ranks_of(global_ordering(self.pruner.llm))
             orderings = [
-                [blend_orderings(o, order, blend[u]) for o in unit]
+                [blend_orderings(o, ranks, blend[u]) for o in unit]
                 for u, unit in enumerate(orderings)
             ]
         t = self.task
@@ -265,7 +266,7 @@ def evaluate_mixed(
             suffix = "_context" if context else ""
             arms = {"oracle": ev.oracle(target, context)}
             matched = arms["oracle"]["sparsity"]
-            for name in STATIC_ARMS:
+            for name in BASELINES:
                 kept = baseline_kept(name, matched, ev.n_layers, pruner.width, pruner.align)
                 arms[name] = ev.arm(kept, context)
             if profile:
@@ -307,7 +308,7 @@ def evaluate_mixed(
 def gains(arms: dict[str, dict]) -> dict[str, Any]:
     """The best static arm, and how much of the oracle's gain over it each other arm captures
     (fraction of the overall figure's improvement; 1 = all of it)."""
-    static = {a: arms[a]["overall"] for a in (*STATIC_ARMS, "searched") if a in arms}
+    static = {a: arms[a]["overall"] for a in (*BASELINES, "searched") if a in arms}
     best = min(static, key=static.get)
     room = static[best] - arms["oracle"]["overall"]
     captured = {

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from pruning.allocation import sparsity_of
+from pruning.allocation import ranks_of, sparsity_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import PruningBandit
 from scoring.tasks import item_tokens, score_task
@@ -48,34 +48,27 @@ def global_ordering(model: PrunableLLM) -> torch.Tensor:
     return torch.arange(model.intermediate_size).expand(model.n_layers, -1).clone()
 
 
-def _ranks(ordering: torch.Tensor) -> torch.Tensor:
-    """Rank of each original id [L, d] (inverse permutation per layer)."""
-    order = ordering.long()
-    ranks = torch.empty_like(order)
-    return ranks.scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
-
-
 def blend_orderings(
-    context: torch.Tensor | None, global_order: torch.Tensor, beta: np.ndarray
+    context: torch.Tensor | None, global_ranks: torch.Tensor, beta: np.ndarray
 ) -> torch.Tensor | None:
-    """Ordering [L, d] (original ids) by (1 - beta_l) * context rank + beta_l * global rank;
-    None (the global order) when there is no context. beta [L] in [0, 1]."""
+    """Ordering [L, d] (original ids) by (1 - beta_l) * context rank + beta_l * global rank
+    (`global_ranks` [L, d]: `ranks_of` the global order, computed once by the caller); None (the
+    global order) when there is no context. beta [L] in [0, 1]."""
     if context is None:
         return None
     b = torch.as_tensor(np.asarray(beta, dtype=np.float32))[:, None]  # [L, 1]
-    score = (1 - b) * _ranks(context).float() + b * _ranks(global_order).float()
+    score = (1 - b) * ranks_of(context).float() + b * global_ranks.float()
     return torch.argsort(score, dim=-1, stable=True).to(context.dtype)
 
 
 def context_features(
-    ordering: torch.Tensor | None, global_order: torch.Tensor, fractions: Sequence[float]
+    ordering: torch.Tensor | None, global_ranks: torch.Tensor, fractions: Sequence[float]
 ) -> np.ndarray:
-    """[len(fractions) * L + 1]: per k, per layer, |context top k ∩ global top k| / k; last: 1
-    if there is no context (all shares 0)."""
-    n_layers, width = global_order.shape
+    """[len(fractions) * L + 1]: per k, per layer, |context top k ∩ global top k| / k (global
+    top k: `global_ranks` [L, d] below k); last: 1 if there is no context (all shares 0)."""
+    n_layers, width = global_ranks.shape
     if ordering is None:
         return np.concatenate([np.zeros(len(fractions) * n_layers), [1.0]]).astype(np.float32)
-    global_ranks = _ranks(global_order)
     shares = []
     for fraction in fractions:
         k = max(1, round(fraction * width))
@@ -90,7 +83,8 @@ def item_features(
     """[n_items, dim]: each item's features from the first of its requests that has a context
     (a training window or an eval window: its earlier windows; a question: its prompt)."""
     firsts = [next((o for o in item if o is not None), None) for item in orderings]
-    return np.stack([context_features(o, global_order, FEATURE_FRACTIONS) for o in firsts])
+    ranks = ranks_of(global_order)
+    return np.stack([context_features(o, ranks, FEATURE_FRACTIONS) for o in firsts])
 
 
 def split_actions(
@@ -132,7 +126,8 @@ class LeverBandit(PruningBandit):
             raise ValueError("the blend lever needs context neurons: set env.neurons=context")
         self.levers, self.budget_radius = tuple(levers), budget_radius
         self.price, self.price_lr = price, price_lr
-        self.global_order = global_ordering(self.model)
+        global_order = global_ordering(self.model)
+        self.global_ranks = ranks_of(global_order)  # for blend, once
         self.token_weight = np.ones(self.n_items)
         if "budget" in self.levers:
             tokens = np.array([item_tokens(self.task, i) for i in range(self.n_items)], float)
@@ -141,7 +136,7 @@ class LeverBandit(PruningBandit):
             found = self.orderings(range(self.n_items)) if self.criterion else None
             if found is None:
                 raise ValueError("the stats lever reads context orderings: set env.neurons=context")
-            features = item_features(found, self.global_order)
+            features = item_features(found, global_order)
             self.embeddings = np.concatenate([self.embeddings, features], axis=1, dtype=np.float32)
 
     @property
@@ -170,7 +165,7 @@ class LeverBandit(PruningBandit):
         orderings = self.orderings(indices)
         if blend is not None and orderings is not None:
             orderings = [
-                [blend_orderings(o, self.global_order, blend[k]) for o in item]
+                [blend_orderings(o, self.global_ranks, blend[k]) for o in item]
                 for k, item in enumerate(orderings)
             ]
         lls = score_task(self.model, self.task, list(indices), kept, orderings)

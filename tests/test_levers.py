@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.allocation import Profile, allocate
+from pruning.allocation import Profile, allocate, ranks_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import ActionMap
 from rl.levers import (
@@ -35,22 +35,24 @@ def llm() -> PrunableLLM:
 def test_blend_ends_are_the_two_rankings(llm: PrunableLLM) -> None:
     glob = global_ordering(llm)
     assert torch.equal(glob, llm.permutation)
+    ranks = ranks_of(glob)
     ctx = torch.stack([torch.randperm(D_FF) for _ in range(N_LAYERS)]).to(torch.int16)
-    assert torch.equal(blend_orderings(ctx, glob, np.zeros(N_LAYERS)).long(), ctx.long())
-    assert torch.equal(blend_orderings(ctx, glob, np.ones(N_LAYERS)).long(), glob.long())
-    mixed = blend_orderings(ctx, glob, np.array([0.0, 1.0, 0.5]))
+    assert torch.equal(blend_orderings(ctx, ranks, np.zeros(N_LAYERS)).long(), ctx.long())
+    assert torch.equal(blend_orderings(ctx, ranks, np.ones(N_LAYERS)).long(), glob.long())
+    mixed = blend_orderings(ctx, ranks, np.array([0.0, 1.0, 0.5]))
     assert torch.equal(mixed[0].long(), ctx[0].long()) and torch.equal(mixed[1], glob[1].short())
     assert sorted(mixed[2].tolist()) == list(range(D_FF))  # still a permutation
-    assert blend_orderings(None, glob, np.zeros(N_LAYERS)) is None  # no context: global order
+    assert blend_orderings(None, ranks, np.zeros(N_LAYERS)) is None  # no context: global order
 
 
 def test_context_features(llm: PrunableLLM) -> None:
     glob = global_ordering(llm)
-    same = context_features(glob, glob, (0.1, 0.5))
+    ranks = ranks_of(glob)
+    same = context_features(glob, ranks, (0.1, 0.5))
     assert same.shape == (2 * N_LAYERS + 1,) and same.tolist() == [1.0] * 6 + [0.0]
-    reverse = context_features(glob.flip(-1), glob, (0.1, 0.5))
+    reverse = context_features(glob.flip(-1), ranks, (0.1, 0.5))
     assert reverse[:3].tolist() == [0.0] * 3 and reverse[3:6].tolist() == [0.0] * 3
-    assert context_features(None, glob, (0.1, 0.5)).tolist() == [0.0] * 6 + [1.0]
+    assert context_features(None, ranks, (0.1, 0.5)).tolist() == [0.0] * 6 + [1.0]
 
 
 def test_split_actions() -> None:
