@@ -137,6 +137,7 @@ class EnvConfig(_Section):
     # budget mode: a `search` profile.json. The policy then acts as a per-input deviation of at
     # most `radius` per layer around the profile at the episode's target (a = 0 is the profile),
     # and is paid relative to it on the same item: -log(ppl / ppl_reference), c - c_reference
+    # (with levers too: the reference at the episode's target, whatever budget the input takes)
     reference: str | None = None
     # 0: no per-layer actions at all (the reference's shape for every input; with the budget or
     # blend lever the policy then decides only those)

@@ -1,9 +1,10 @@
 """The contextual bandit: see an input (and a target sparsity), prune each layer, get a reward.
 
 `PruningBandit` is the one step implementation: it turns (item, target, action) triples into
-allocations, scores them together (`scoring.tasks.score_task`) against a cached dense baseline and
-pays rewards. `LLMPruningEnv` (Gymnasium, one item per step) and `rl.vec_env`'s batched VecEnv
-(n_envs items in one forward pass) are thin shells around it.
+allocations, scores them together (`scoring.tasks.score_task`) against a cached baseline (the
+dense model, or the reference profile at the item's target) and pays rewards. `LLMPruningEnv`
+(Gymnasium, one item per step) and `rl.vec_env`'s batched VecEnv (n_envs items in one forward
+pass) are thin shells around it.
 """
 
 from __future__ import annotations
@@ -172,46 +173,68 @@ class PruningBandit:
             self._orderings.update(zip(missing, found, strict=True))
         return [self._orderings[int(i)] for i in indices]
 
-    def step(
-        self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L].
-
-        The reward compares each item's metric with its dense metric, or, with a reference
-        profile, with the reference allocation's metric on the same item at the same target
-        (scored in the same forward pass on first use, then cached per (item, target))."""
-        kept = self.action_map.kept(actions, targets)  # [n, L]
-        dense = self.dense_metrics(indices)
+    def score(
+        self,
+        indices: np.ndarray,
+        targets: np.ndarray,
+        kept: np.ndarray,
+        orderings: list[list] | None,
+    ) -> tuple[list[float], np.ndarray]:
+        """Metric of each item [n] under its allocation `kept` [n, L] (and context `orderings`),
+        and the baseline each reward is paid against: the dense metric, or, with a reference
+        profile, the reference allocation's metric on the same item at the same target (a
+        constant per (item, target): it changes no optimum, only removes the item's own level
+        from what the critic must learn). Reference rows are scored in the same forward pass on
+        first use, then cached per (item, target)."""
         keys = [(int(i), round(float(t), 9)) for i, t in zip(indices, targets, strict=True)]
         missing = (
             [] if self.action_map.reference is None else sorted(set(keys) - self._reference.keys())
         )
-        rows = list(indices) + [i for i, _ in missing]
+        rows, kept_all = list(indices), kept
         if missing:
             zero = np.zeros((len(missing), self.action_map.n_layers))
             kept_ref = self.action_map.kept(zero, np.array([t for _, t in missing]))
+            rows += [i for i, _ in missing]
             kept_all = np.concatenate([kept, kept_ref])
-        else:
-            kept_all = kept
-        orderings = self.orderings(rows)
+            if orderings is not None:
+                orderings = orderings + (self.orderings([i for i, _ in missing]) or [])
         lls = score_task(self.model, self.task, rows, kept_all, orderings)
         for k, key in enumerate(missing):
             self._reference[key] = self.task.metric(key[0], lls[len(indices) + k])
+        metrics = [self.task.metric(int(i), lls[k]) for k, i in enumerate(indices)]
+        if self.action_map.reference is None:
+            return metrics, self.dense_metrics(indices)
+        return metrics, np.array([self._reference[key] for key in keys])
+
+    def pay(
+        self,
+        indices: np.ndarray,
+        targets: np.ndarray,
+        kept: np.ndarray,
+        orderings: list[list] | None,
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Rewards [n] (`reward_fn` against `score`'s baseline) and infos for the allocations
+        `kept` [n, L] of items `indices` at `targets`."""
+        dense = self.dense_metrics(indices)
+        metrics, base = self.score(indices, targets, kept, orderings)
         sparsity = sparsity_of(kept, self.action_map.width)
         rewards = np.zeros(len(indices), dtype=np.float32)
         infos = []
         for k, i in enumerate(indices):
-            metric = self.task.metric(int(i), lls[k])
-            base = (
-                float(dense[k]) if self.action_map.reference is None else self._reference[keys[k]]
-            )
-            rewards[k] = self.reward_fn(metric, base, float(sparsity[k]))
-            info = {"index": int(i), "metric": metric, "dense_metric": float(dense[k])}
+            rewards[k] = self.reward_fn(metrics[k], float(base[k]), float(sparsity[k]))
+            info = {"index": int(i), "metric": metrics[k], "dense_metric": float(dense[k])}
             info |= {"sparsity": float(sparsity[k]), "kept": kept[k], "target": float(targets[k])}
             if self.action_map.reference is not None:
-                info["reference_metric"] = base
+                info["reference_metric"] = float(base[k])
             infos.append(info)
         return rewards, infos
+
+    def step(
+        self, indices: np.ndarray, targets: np.ndarray, actions: np.ndarray
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Rewards [n] and infos for items `indices` [n] at `targets` [n] under `actions` [n, L]."""
+        kept = self.action_map.kept(actions, targets)  # [n, L]
+        return self.pay(indices, targets, kept, self.orderings(indices))
 
 
 class LLMPruningEnv(gym.Env[np.ndarray, np.ndarray]):

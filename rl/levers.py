@@ -18,8 +18,9 @@ Levers (`env.levers`):
 Every decision reads only the item's context (earlier windows, the prompt), never its targets.
 With a reference profile (`env.reference`) the layer actions are deviations around it at the
 input's own budget (all actions 0: the reference at the target; `env.radius` 0: no layer actions,
-every input gets the reference's shape and the policy decides only its levers); rewards are paid
-relative to the dense model either way.
+every input gets the reference's shape and the policy decides only its levers). Quality is paid
+against the reference at the input's target (scored once per (item, target), so zero actions
+score exactly 0 and the critic learns only what an action changes), else against the dense model.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gymnasium import spaces
 from pruning.allocation import ranks_of, sparsity_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import PruningBandit
-from scoring.tasks import item_tokens, score_task
+from scoring.tasks import item_tokens
 
 FEATURE_FRACTIONS = (0.1, 0.3, 0.5)
 MAX_BUDGET = 0.95
@@ -110,7 +111,7 @@ def action_dim(n_layers: int, levers: Sequence[str], layers: bool = True) -> int
 
 
 class LeverBandit(PruningBandit):
-    """`PruningBandit` with the levers above; rewards are paid relative to the dense model."""
+    """`PruningBandit` with the levers above, paid against `PruningBandit.score`'s baseline."""
 
     def __init__(
         self,
@@ -161,26 +162,18 @@ class LeverBandit(PruningBandit):
         )
         budgets = self.budgets(targets, budget)
         kept = self.action_map.kept(layer, budgets)  # [n, L]
-        dense = self.dense_metrics(indices)
         orderings = self.orderings(indices)
         if blend is not None and orderings is not None:
             orderings = [
                 [blend_orderings(o, self.global_ranks, blend[k]) for o in item]
                 for k, item in enumerate(orderings)
             ]
-        lls = score_task(self.model, self.task, list(indices), kept, orderings)
+        rewards, infos = self.pay(indices, targets, kept, orderings)
         sparsity = sparsity_of(kept, self.action_map.width)  # [n]
-        price, weight = self.price, self.token_weight[np.asarray(indices)]
-        rewards = np.zeros(len(indices), dtype=np.float32)
-        infos = []
-        for k, i in enumerate(indices):
-            metric = self.task.metric(int(i), lls[k])
-            quality = self.reward_fn(metric, float(dense[k]), float(sparsity[k]))
-            rewards[k] = quality + price * weight[k] * (sparsity[k] - targets[k])
-            info = {"index": int(i), "metric": metric, "dense_metric": float(dense[k])}
-            info |= {"sparsity": float(sparsity[k]), "kept": kept[k], "target": float(targets[k])}
-            info |= {"price": price}
-            infos.append(info)
+        weight = self.token_weight[np.asarray(indices)]
+        rewards = (rewards + self.price * weight * (sparsity - targets)).astype(np.float32)
+        for info in infos:
+            info["price"] = self.price
         if budget is not None:  # dual ascent: a batch below target raises the price
             shortfall = np.asarray(targets, dtype=np.float64) - sparsity
             self.price += self.price_lr * float(np.dot(weight, shortfall) / weight.sum())

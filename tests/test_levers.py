@@ -139,6 +139,36 @@ def test_lever_bandit_around_a_reference(llm: PrunableLLM) -> None:
     assert not llm.is_pruned
 
 
+def test_levers_pay_against_the_reference_at_the_target(llm: PrunableLLM) -> None:
+    """Around a reference, quality is paid against the reference at the input's target: zero
+    actions lose exactly nothing (only the price on their rounding off target is paid), and any
+    action scores its dense-relative reward shifted by one constant per (item, target), so no
+    optimum moves."""
+    reference = Profile(np.array([0.1, 0.5]), np.array([[0.0, 0.15, 0.15], [0.0, 0.75, 0.75]]))
+    env = bandit(llm, ["budget"], reference)
+    idx, targets = np.arange(4), np.full(4, 0.3)
+    zero = np.zeros((4, N_LAYERS + 1), dtype=np.float32)
+    rewards, infos = env.step(idx, targets, zero)
+    sparsity = np.array([i["sparsity"] for i in infos])  # 7 of 24 blocks: 0.2917, not 0.3
+    paid = 2.0 * env.token_weight * (sparsity - 0.3)
+    assert rewards == pytest.approx(paid, abs=1e-7)  # and no quality lost
+    assert [i["metric"] for i in infos] == [i["reference_metric"] for i in infos]
+    assert all(i["metric"] != i["dense_metric"] for i in infos)
+    ref = {i["index"]: i["reference_metric"] for i in infos}
+    actions = zero.copy()
+    actions[:, -1] = [-1.0, -0.5, 0.5, 1.0]
+    env.price = 2.0
+    rewards, infos = env.step(idx, targets, actions)
+    base = LogPerplexityRatioReward()
+    for k, info in enumerate(infos):
+        assert info["reference_metric"] == ref[k]  # cached per (item, target)
+        paid = 2.0 * env.token_weight[k] * (info["sparsity"] - 0.3)
+        dense_relative = base(info["metric"], info["dense_metric"], 0.0)
+        shift = np.log(ref[k] / info["dense_metric"])  # log(dense / ref) removed from every action
+        assert rewards[k] == pytest.approx(dense_relative + shift + paid, abs=1e-5)
+    assert not llm.is_pruned
+
+
 def test_blend_needs_context_neurons(llm: PrunableLLM) -> None:
     with pytest.raises(ValueError, match="context neurons"):
         gen = torch.Generator().manual_seed(5)
