@@ -281,6 +281,8 @@ class EvalConfig(_Section):
     baselines: list[Literal["uniform", "ends_dense"]] = Field(
         default_factory=lambda: ["uniform", "ends_dense"]
     )
+    # mixed task: fit per-input budgets on this many training items of each kind (`fitted_input`)
+    fit_items: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check_targets(self) -> EvalConfig:
@@ -368,6 +370,15 @@ class Config(_Section):
             raise ValueError(
                 f"eval.baselines={self.eval.baselines}: the mixed eval ranks the policy against "
                 "every static arm; leave eval.baselines at [uniform, ends_dense]"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_fit(self) -> Config:
+        if self.eval.fit_items is not None and self.data.dataset != "mixed":
+            raise ValueError(
+                f"eval.fit_items={self.eval.fit_items} fits per-input budgets on the mixed task "
+                "only; set data.dataset=mixed or eval.fit_items=null"
             )
         return self
 

@@ -16,6 +16,8 @@
 # (evenly spaced over subjects); training: every validation window, every train-module window and
 # every MMLU dev + val question (256-token windows).
 # Levers: LEVERS='[budget,blend,stats]' trains (and evaluates) with context neurons and them.
+# FIT=N: `static` and `eval` also fit per-input budgets on N training items of each kind
+# (`eval.fit_items`; every unit of them scored at the oracle's budgets of each target).
 # Time: `static` and `eval` score every item 7 times per target and neuron choice (5 oracle
 # budgets + 2 static arms): about 3 s each for SmolLM2-135M on an H100-class GPU (all 5 targets,
 # both neuron choices: ~4 minutes); a 1.5B model is ~10x slower: run one target per job
@@ -29,6 +31,7 @@ args=(--config "$preset" --set model.device=cuda --set "train.runs_dir=$runs" --
 [[ -n ${LLM:-} ]] && args+=(--set "model.llm=$LLM")
 [[ -n ${IMPORTANCE:-} ]] && args+=(--set "env.importance_file=$IMPORTANCE")
 [[ -n ${LEVERS:-} ]] && args+=(--set env.neurons=context --set "env.levers=$LEVERS")
+[[ -n ${FIT:-} ]] && args+=(--set "eval.fit_items=$FIT")  # static / eval: the fitted_input arm
 limit=(--limit "${LIMIT:-300}")  # per kind: WikiText has 62 pages, code 48 files
 case $stage in
   importance)  # into RUNS/stats; pass the file as IMPORTANCE=... to the other stages

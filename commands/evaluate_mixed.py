@@ -7,7 +7,11 @@ For each target t and each neuron choice (global, context):
    reaches t (`pruning.budgets.oracle_budgets`; cost: the item's share of the overall figure);
    its reached mean m is reported;
 2. every other arm at exactly m: uniform, first/last-2-dense, the searched profile (`--profile`),
-   and with an agent its mean profile and its per-input decisions (`policy_input`).
+   and with an agent its mean profile and its per-input decisions (`policy_input`);
+3. with `eval.fit_items`, `fitted_input`: each unit's budget from a cost model fitted on that
+   many training items of each kind, every unit of them scored at the oracle's budgets
+   (`pruning.budgets.fit_cost_model`: the embedding of what the decision may read -> the unit's
+   cost per token at each budget), chosen as the oracle chooses but from predicted costs.
 A per-input decision reads only what a deployment knows before the scored tokens: each window of
 a page or file is decided from the text of the window before it ("" for the first) and, with the
 stats lever, from its context ordering (its earlier windows); a question from its prompt.
@@ -49,7 +53,7 @@ from pruning.allocation import (
     ranks_of,
     sparsity_of,
 )
-from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
+from pruning.budgets import fit_cost_model, oracle_budgets, project_budgets, weighted_mean
 from rl.checkpoints import check_agent, read_agent
 from rl.env import observe
 from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
@@ -59,6 +63,11 @@ from scoring.tasks import item_tokens, task_orderings
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
 ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
+
+
+def oracle_grid(target: float) -> list[float]:
+    """The budgets an input may take around `target` (oracle and fitted arms)."""
+    return sorted({round(min(max(target + o, 0.0), 0.95), 6) for o in ORACLE_OFFSETS})
 
 
 class MixedEvaluator:
@@ -114,12 +123,12 @@ class MixedEvaluator:
                 prompts += prompts_before([t for _, t in requests], tokenizer.decode)
         return prompts
 
-    def score_units(
+    def unit_lls(
         self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
     ) -> list[list[float]]:
-        """Per item, its requests' log-likelihoods, unit u under kept[u] ([n_units, L]); with
-        context neurons, `blend` [n_units, L] mixes each unit's context ranking with the global
-        one (`rl.levers`)."""
+        """Per unit, its requests' log-likelihoods under kept[u] ([n_units, L]); with context
+        neurons, `blend` [n_units, L] mixes each unit's context ranking with the global one
+        (`rl.levers`)."""
         requests = [[self.task.requests(i)[j] for j in reqs] for i, reqs in self.units]
         orderings = self.unit_orderings() if context else None
         if orderings is not None and blend is not None:
@@ -129,11 +138,21 @@ class MixedEvaluator:
                 for u, unit in enumerate(orderings)
             ]
         t = self.task
-        lls = score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orderings)
-        per_item: list[list[float]] = [[] for _ in range(len(t))]
-        for (i, _), ll in zip(self.units, lls, strict=True):
+        return score_samples(self.pruner.llm, requests, kept, t.batch_size, t.max_length, orderings)
+
+    def score_units(
+        self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
+    ) -> list[list[float]]:
+        """Per item, its units' log-likelihoods in order (`unit_lls`)."""
+        per_item: list[list[float]] = [[] for _ in range(len(self.task))]
+        for (i, _), ll in zip(self.units, self.unit_lls(kept, context, blend), strict=True):
             per_item[i] += ll
         return per_item
+
+    def grid_kept(self, budget: float) -> np.ndarray:
+        """The oracle's allocation [L] of one budget."""
+        width, align = self.pruner.width, self.pruner.align
+        return baseline_kept(ORACLE_SHAPE, budget, self.n_layers, width, align)
 
     def score_lls(
         self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
@@ -166,31 +185,91 @@ class MixedEvaluator:
         """An allocation (and blend) per unit [n_units, L]."""
         return self.row(self.score_units(kept, context, blend), kept, per_unit=True)
 
-    def item_cost(self, i: int, lls: list[float]) -> float:
-        """Item i's (linearised) share of the overall figure: text, its log-likelihood over
-        its kind's words; MMLU, a wrong answer over the dense model's smoothed wrong count."""
-        kind, local = self.task.index[i]
+    def kind_scale(self, kind: str) -> float:
+        """What one unit of a kind's loss (a text's negative log-likelihood, a wrong answer)
+        weighs in the overall figure: the kind's share over its words or over the dense
+        model's smoothed wrong count."""
         share = self.weights[kind] / sum(self.weights.values())
-        sub = self.task.tasks[kind]
         if kind == "mmlu":
-            wrong = kind_loss(kind, self.dense[kind]) * (self.dense[kind]["n"] + 1)
-            return share * (1.0 - sub.metric(local, lls)) / wrong
-        words = sum(d.word_count for d in sub.docs)
-        return -share * sum(lls) / words
+            return share / (kind_loss(kind, self.dense[kind]) * (self.dense[kind]["n"] + 1))
+        return share / sum(d.word_count for d in self.task.tasks[kind].docs)
+
+    def item_cost(self, i: int, lls: list[float], scale: float | None = None) -> float:
+        """Item i's (linearised) share of the overall figure, its loss times its kind's
+        `kind_scale` (or `scale`). A unit's cost is the same with only its log-likelihoods (a
+        question's are all of it)."""
+        kind, local = self.task.index[i]
+        scale = self.kind_scale(kind) if scale is None else scale
+        if kind == "mmlu":
+            return scale * (1.0 - self.task.tasks[kind].metric(local, lls))
+        return -scale * sum(lls)
 
     def oracle(self, target: float, context: bool) -> dict[str, Any]:
-        budgets = sorted({round(min(max(target + o, 0.0), 0.95), 6) for o in ORACLE_OFFSETS})
-        width, align = self.pruner.width, self.pruner.align
-        scored = [self.score_lls(baseline_kept(ORACLE_SHAPE, b, self.n_layers, width, align),
-                                 context) for b in budgets]  # fmt: skip
+        budgets = oracle_grid(target)
+        scored = [self.score_lls(self.grid_kept(b), context) for b in budgets]
         n = len(self.task)
         cost = np.array([[self.item_cost(i, lls[i]) for lls, _ in scored] for i in range(n)])
-        reach = np.array([sparsity_of(kept[0], width) for _, kept in scored])  # [G]
+        reach = np.array([sparsity_of(kept[0], self.pruner.width) for _, kept in scored])  # [G]
         choice = oracle_budgets(cost, np.tile(reach, (n, 1)), self.tokens, target)
         lls = [scored[g][0][i] for i, g in enumerate(choice)]
         kept = np.stack([scored[g][1][i] for i, g in enumerate(choice)])
         row = self.row(lls, kept)
         row["budgets"] = [budgets[g] for g in choice]
+        return row
+
+
+class FittedBudgets:
+    """Per-input budgets from a cost model fitted on training items (`eval.fit_items` of each
+    kind, never an eval item): every training unit is scored at the oracle's budgets, its cost
+    at each (`MixedEvaluator.item_cost`) regressed on the embedding of what its decision may
+    read; an eval unit takes the budget whose predicted cost is cheapest at the price that holds
+    the token-weighted mean (`oracle_budgets` on predicted costs).
+
+    A training unit's loss is weighed with the eval figure's `kind_scale` of its kind (the
+    kind's total words or dense wrong answers in the eval split), not the training split's: the
+    training stream is reweighted to the composition the figure judges. An eval unit's own kind
+    is never read."""
+
+    def __init__(
+        self, cfg: Config, models: LoadedModels, pruner: Pruner, ev: MixedEvaluator
+    ) -> None:
+        items = load_items(cfg.data, cfg.data.train_split, cfg.eval.fit_items)
+        self.ev, self.train = ev, MixedEvaluator(cfg, models, pruner, items)
+        self.features = observations(models, cfg.data, self.train.unit_prompts(models.tokenizer))
+        self.eval_features = observations(models, cfg.data, ev.unit_prompts(models.tokenizer))
+        self.scored: dict[tuple[float, bool], list[list[float]]] = {}  # (budget, context) -> lls
+
+    def costs(self, budget: float, context: bool) -> np.ndarray:
+        """Each training unit's cost at one budget (scored once per budget and neuron choice)."""
+        if (budget, context) not in self.scored:
+            kept = np.tile(self.train.grid_kept(budget), (len(self.train.units), 1))
+            self.scored[budget, context] = self.train.unit_lls(kept, context)
+        lls = self.scored[budget, context]
+        train, scales = self.train, {k: self.ev.kind_scale(k) for k in self.ev.dense}
+        return np.array(
+            [
+                train.item_cost(i, ll, scales[train.task.kind(i)])
+                for (i, _), ll in zip(train.units, lls)
+            ]
+        )
+
+    def arm(self, target: float, matched: float, context: bool) -> dict[str, Any]:
+        budgets = oracle_grid(target)
+        cost = np.stack([self.costs(b, context) for b in budgets], axis=1)  # [units, G]
+        train = self.train
+        model = fit_cost_model(self.features, cost, train.unit_tokens, train.unit_item)
+        ev = self.ev
+        predicted = model.predict(self.eval_features) * ev.unit_tokens[:, None]
+        reach = np.array([sparsity_of(self.ev.grid_kept(b), ev.pruner.width) for b in budgets])
+        choice = oracle_budgets(predicted, np.tile(reach, (len(ev.units), 1)), ev.unit_tokens,
+                                matched)  # fmt: skip
+        row = ev.unit_arm(np.stack([ev.grid_kept(budgets[g]) for g in choice]), context)
+        row["fit"] = {
+            "ridge": model.ridge,
+            "heldout": model.heldout,
+            "heldout_constant": model.heldout_constant,
+            "training_units": len(train.units),
+        }
         return row
 
 
@@ -259,6 +338,7 @@ def evaluate_mixed(
     if agent_path is not None:
         agent = agent if agent is not None else read_agent(agent_path)
         policy = Policy(cfg, models, ev, agent_path, agent, warnings)
+    fitted = FittedBudgets(cfg, models, pruner, ev) if cfg.eval.fit_items else None
     profile = profile or cfg.eval.profile
     sweep = []
     for target in cfg.eval.targets:
@@ -279,6 +359,8 @@ def evaluate_mixed(
                     arms["searched"] = ev.arm(searched, context)
             if policy is not None:
                 arms |= policy.arms(matched, context)
+            if fitted is not None:
+                arms["fitted_input"] = fitted.arm(target, matched, context)
             entry = {"target": target, "neurons": "context" if context else "global"}
             entry |= {"matched": matched, "arms": {a + suffix: r for a, r in arms.items()}}
             entry["gains"] = gains(arms)
@@ -293,6 +375,7 @@ def evaluate_mixed(
         "num_items": {k: len(t) for k, t in ev.task.tasks.items()},
         "oracle": {"shape": ORACLE_SHAPE, "offsets": list(ORACLE_OFFSETS)},
         "neurons": neurons,
+        "fit_items": cfg.eval.fit_items,
         "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
         "warnings": warnings,
         "dense": ev.dense,
@@ -313,7 +396,7 @@ def gains(arms: dict[str, dict]) -> dict[str, Any]:
     room = static[best] - arms["oracle"]["overall"]
     captured = {
         a: (static[best] - arms[a]["overall"]) / room if room > 0 else None
-        for a in ("policy_mean", "policy_input")
+        for a in ("policy_mean", "policy_input", "fitted_input")
         if a in arms
     }
     return {"best_static": best, "oracle_gain": room, "captured": captured}

@@ -1,7 +1,7 @@
 """Per-input total budgets: how much of the model each input prunes, with the token-weighted mean
 over the inputs held at a target.
 
-Two pieces, both pure:
+Three pieces, all pure:
 - `project_budgets`: a policy's raw per-input sparsities, shifted by one common offset (clipped
   to [low, high]) so that their token-weighted mean is the target: the batch projection that
   keeps a per-input budget on the mean, as `project_to_target` keeps a per-layer allocation on
@@ -9,11 +9,19 @@ Two pieces, both pure:
 - `oracle_budgets`: the hindsight choice of one budget per input from a grid of scored budgets,
   minimising the summed cost at a token-weighted mean sparsity of at least the target (a price
   on sparsity, bisected: the smallest price whose choices reach the target).
+- `fit_cost_model`: what a deployment can learn of that choice, a ridge regression from what an
+  input's decision may read (its features) to its cost per token at each budget of the grid;
+  `oracle_budgets` on the predicted costs is then a per-input budget decided before scoring.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+RIDGES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # per unit weight; the held-out best is kept
+HOLDOUT = 5  # every 5th group (an input's units together) is held out to choose the ridge
 
 
 def weighted_mean(values: np.ndarray, tokens: np.ndarray) -> float:
@@ -71,3 +79,66 @@ def oracle_budgets(
         else:
             hi = mid
     return choose(hi)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Standardised features -> cost per token at each of G budgets, up to a constant per input
+    (all that a choice among the budgets needs). `heldout` / `heldout_constant`: the held-out
+    weighted squared error of this ridge and of the features-blind model (every input the mean
+    curve), so a model that learns nothing shows it."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    coef: np.ndarray  # [d, G]
+    bias: np.ndarray  # [G]
+    ridge: float
+    heldout: float
+    heldout_constant: float
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """[n, d] -> [n, G] predicted cost per token."""
+        return ((features - self.mean) / self.scale) @ self.coef + self.bias
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> tuple:
+    """Weighted ridge on centred data: argmin sum_i w_i |y_i - x_i W - b|^2 + ridge sum(w) |W|^2."""
+    share = w / w.sum()
+    x_mean, y_mean = share @ x, share @ y
+    xc = x - x_mean
+    gram = xc.T @ (share[:, None] * xc) + ridge * np.eye(x.shape[1])
+    coef = np.linalg.solve(gram, xc.T @ (share[:, None] * (y - y_mean)))
+    return coef, y_mean - x_mean @ coef
+
+
+def fit_cost_model(
+    features: np.ndarray, cost: np.ndarray, tokens: np.ndarray, groups: np.ndarray
+) -> CostModel:
+    """features [n, d] of n training inputs, cost [n, G] each input's cost at each budget,
+    tokens [n] > 0, groups [n] (inputs of one group are held out together).
+
+    Regresses cost / tokens, centred per input, weighted by tokens; the ridge is the one of
+    `RIDGES` with the least held-out error (every `HOLDOUT`-th group), refitted on all."""
+    features = np.asarray(features, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.float64)
+    y = np.asarray(cost, dtype=np.float64) / tokens[:, None]
+    y -= y.mean(axis=1, keepdims=True)
+    mean, scale = features.mean(0), features.std(0) + 1e-8
+    x = (features - mean) / scale
+    unique = np.unique(groups)
+    if len(unique) < HOLDOUT:
+        raise ValueError(f"fit_cost_model needs at least {HOLDOUT} groups of inputs")
+    held = np.isin(groups, unique[::HOLDOUT])
+
+    def error(pred: np.ndarray) -> float:
+        return float(tokens[held] @ ((y[held] - pred) ** 2).sum(1) / tokens[held].sum())
+
+    fit = ~held
+    errors = {}
+    for ridge in RIDGES:
+        coef, bias = _ridge(x[fit], y[fit], tokens[fit], ridge)
+        errors[ridge] = error(x[held] @ coef + bias)
+    constant = error(np.broadcast_to(tokens[fit] @ y[fit] / tokens[fit].sum(), y[held].shape))
+    best = min(errors, key=errors.get)
+    coef, bias = _ridge(x, y, tokens, best)
+    return CostModel(mean, scale, coef, bias, best, errors[best], constant)

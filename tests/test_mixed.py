@@ -19,7 +19,14 @@ from config import load_config
 from data.mixed import MixedDataSource, MixedItem, cap_per_kind, prompts_before
 from main import main
 from models import load_models
-from pruning.budgets import oracle_budgets, project_budgets, weighted_mean
+from pruning.budgets import (
+    HOLDOUT,
+    RIDGES,
+    fit_cost_model,
+    oracle_budgets,
+    project_budgets,
+    weighted_mean,
+)
 from scoring.mixed import answer_perplexity, kind_loss, overall_figure
 from tests.fixtures import N_LAYERS, fails_cleanly, last_json, make_tiny_project
 
@@ -163,6 +170,68 @@ def test_eval_mixed_static_arms_and_oracle(
     assert arms["searched_context"]["overall"] == pytest.approx(0.00019434664360943246, rel=1e-6)
     static = ("uniform", "ends_dense", "searched")
     assert glob["gains"]["best_static"] == min(static, key=lambda a: arms[a]["overall"])
+
+
+def test_fit_cost_model_learns_what_the_features_tell() -> None:
+    """Two kinds of input, one steep cost curve over three budgets and one flat, each input with
+    its own level and noise: the fit recovers the curves up to a constant, the choice on predicted
+    costs puts the steep kind low, and features that tell nothing fit no better than the mean."""
+    rng = np.random.default_rng(0)
+    n = 200
+    kind = rng.integers(0, 2, n)
+    features = np.c_[kind + 0.1 * rng.normal(size=n), rng.normal(size=(n, 3))]
+    curves = np.where(kind[:, None] == 1, [[0.0, 1.0, 3.0]], [[0.0, 0.2, 0.4]])
+    tokens = rng.integers(5, 20, n).astype(float)
+    level = 5 * rng.normal(size=(n, 1))
+    cost = tokens[:, None] * (curves + level + 0.1 * rng.normal(size=(n, 3)))
+    model = fit_cost_model(features, cost, tokens, np.arange(n))
+    assert model.ridge in RIDGES
+    assert model.heldout < 0.1 * model.heldout_constant
+    predicted = model.predict(features)
+    centred = curves - curves.mean(1, keepdims=True)
+    for k in (0, 1):  # each kind's curve, up to a constant
+        assert np.abs(predicted[kind == k].mean(0) - centred[kind == k][0]).max() < 0.05
+    reach = np.tile([0.2, 0.3, 0.4], (n, 1))
+    choice = oracle_budgets(predicted * tokens[:, None], reach, tokens, 0.3)
+    assert np.all(choice[kind == 1] <= choice[kind == 0].min())
+    blind = fit_cost_model(rng.normal(size=(n, 4)), cost, tokens, np.arange(n))
+    assert blind.heldout > 0.9 * blind.heldout_constant
+    with pytest.raises(ValueError, match=f"at least {HOLDOUT} groups"):
+        fit_cost_model(features[:3], cost[:3], tokens[:3], np.arange(3))
+
+
+def test_eval_mixed_fitted_budgets(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """eval.fit_items: per-input budgets from a cost model fitted on training items, every
+    unit scored at the oracle's budgets, reported beside the oracle at its matched mean."""
+    argv = ["eval", "--config", str(project), *MIXED, "--agent", "none", "--limit", "2"]
+    argv += ["--neurons", "both", "--set", "eval.targets=[0.3]", "--set", "env.align=1"]
+    argv += ["--set", "eval.fit_items=3", "--set", f"train.runs_dir={tmp_path}"]
+    assert main(argv) == 0
+    result = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    assert result["fit_items"] == 3
+    want = {  # arm: (overall figure, token-weighted sparsity)
+        "fitted_input": (-0.0011037020957309553, 0.34860089869281047),
+        "fitted_input_context": (-9.979846597828525e-05, 0.3662683823529412),
+    }
+    for entry in result["sweep"]:
+        (arm,) = (a for a in entry["arms"] if a.startswith("fitted_input"))
+        row = entry["arms"][arm]
+        assert row["overall"] == pytest.approx(want[arm][0], rel=1e-6), arm
+        assert row["sparsity"] == pytest.approx(want[arm][1], rel=1e-12), arm
+        assert entry["matched"] <= row["sparsity"] < entry["matched"] + 0.01  # the oracle's mean
+        assert row["fit"]["training_units"] == 101  # 3 pages' and 3 files' windows, 3 questions
+        assert row["fit"]["ridge"] in RIDGES
+        assert "fitted_input" in entry["gains"]["captured"]
+    assert result["sweep"][0]["gains"]["captured"]["fitted_input"] == pytest.approx(
+        0.820396598205552, rel=1e-6
+    )
+
+
+def test_fit_items_needs_the_mixed_task(project: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["eval", "--config", str(project), "--agent", "none", "--set", "eval.fit_items=3"]
+    fails_cleanly(capsys, argv, "eval.fit_items=3 fits per-input budgets on the mixed", project)
 
 
 def test_train_and_eval_with_levers(
