@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,13 @@ class MixedEvaluator:
         self.criterion = cfg.importance.criterion
         self.orderings: list | None = None
         self.context_fallbacks = 0
-        self.dense_lls, _ = self.score_lls(np.full(self.n_layers, pruner.width), False)
-        self.dense = self.task.summary(range(len(self.task)), self.dense_lls)["kinds"]
+
+    @cached_property
+    def dense(self) -> dict[str, dict]:
+        """Each kind's dense summary (scored on first use: a training evaluator that is weighed
+        with the eval split's `kind_scale` never needs it)."""
+        lls, _ = self.score_lls(np.full(self.n_layers, self.pruner.width), False)
+        return self.task.summary(range(len(self.task)), lls)["kinds"]
 
     def context(self, on: bool) -> list | None:
         if on and self.orderings is None:
@@ -237,6 +243,7 @@ class FittedBudgets:
         self.ev, self.train = ev, MixedEvaluator(cfg, models, pruner, items)
         self.features = observations(models, cfg.data, self.train.unit_prompts(models.tokenizer))
         self.eval_features = observations(models, cfg.data, ev.unit_prompts(models.tokenizer))
+        self.scales = {k: ev.kind_scale(k) for k in ev.weights}  # the eval split's weighing
         self.scored: dict[tuple[float, bool], list[list[float]]] = {}  # (budget, context) -> lls
 
     def costs(self, budget: float, context: bool) -> np.ndarray:
@@ -244,11 +251,10 @@ class FittedBudgets:
         if (budget, context) not in self.scored:
             kept = np.tile(self.train.grid_kept(budget), (len(self.train.units), 1))
             self.scored[budget, context] = self.train.unit_lls(kept, context)
-        lls = self.scored[budget, context]
-        train, scales = self.train, {k: self.ev.kind_scale(k) for k in self.ev.dense}
+        lls, train = self.scored[budget, context], self.train
         return np.array(
             [
-                train.item_cost(i, ll, scales[train.task.kind(i)])
+                train.item_cost(i, ll, self.scales[train.task.kind(i)])
                 for (i, _), ll in zip(train.units, lls)
             ]
         )
