@@ -281,7 +281,8 @@ class EvalConfig(_Section):
     baselines: list[Literal["uniform", "ends_dense"]] = Field(
         default_factory=lambda: ["uniform", "ends_dense"]
     )
-    # mixed task: fit per-input budgets on this many training items of each kind (`fitted_input`)
+    # mixed task: fit per-input budgets on this many training items of each kind
+    # (arms `fitted_input` and `fitted_within_kind`)
     fit_items: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

@@ -3,7 +3,7 @@ figure (as the % change of the geometric mean of metric / dense over kinds) and 
 numbers, and how much of the per-input oracle's gain the policy captures; `--plot PNG` also
 draws the overall figure of every arm against the target (one panel per neuron choice).
 
-    python3 bench/mixed_table.py runs/eval_<time>/eval.json [--plot sweep.png]
+    python3 bench/mixed_table.py runs/eval_<time>/eval.json [more eval.json] [--plot sweep.png]
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def plot(result: dict, path: Path) -> None:
             x, y = zip(*points, strict=True)
             ax.plot(x, y, "--" if arm == "oracle" else "-", marker="o", label=arm)
         ax.set(xlabel="mean MLP sparsity (token-weighted)", ylabel="overall figure, % above dense",
-               yscale="log", title=f"mixed task, {neurons} neurons")  # fmt: skip
+               title=f"mixed task, {neurons} neurons")  # fmt: skip
+        ax.set_yscale("symlog", linthresh=10)  # an oracle may be below dense at low sparsity
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -70,14 +71,22 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Several eval.json of one model and items (e.g. one target per job) make one table."""
     png = None
-    if len(argv) == 3 and argv[1] == "--plot":
-        argv, png = argv[:1], Path(argv[2])
-    if len(argv) != 1 or not Path(argv[0]).is_file():
-        print("usage: python3 bench/mixed_table.py runs/eval_<time>/eval.json [--plot PNG]",
+    if "--plot" in argv:
+        at = argv.index("--plot")
+        png = Path(argv[at + 1]) if at + 1 < len(argv) else None
+        argv = argv[:at] + argv[at + 2 :] if png is not None else []
+    if not argv or not all(Path(a).is_file() for a in argv):
+        print("usage: python3 bench/mixed_table.py runs/eval_<time>/eval.json [...] [--plot PNG]",
               file=sys.stderr)  # fmt: skip
         return 2
-    result = json.loads(Path(argv[0]).read_text())
+    results = [json.loads(Path(a).read_text()) for a in argv]
+    if any(r["dense"] != results[0]["dense"] for r in results):
+        print("mixed_table: these runs have different dense rows (another model or other items)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    result = results[0] | {"sweep": [entry for r in results for entry in r["sweep"]]}
     print("\n".join(table(result)))
     if png is not None:
         plot(result, png)

@@ -17,7 +17,9 @@
 # every MMLU dev + val question (256-token windows).
 # Levers: LEVERS='[budget,blend,stats]' trains (and evaluates) with context neurons and them.
 # FIT=N: `static` and `eval` also fit per-input budgets on N training items of each kind
-# (`eval.fit_items`; every unit of them scored at the oracle's budgets of each target).
+# (`eval.fit_items`; every unit of them scored at the oracle's budgets of each target; arms
+# fitted_input and fitted_within_kind). FIT=60 with context neurons at 0.2-0.5: ~7 minutes for
+# SmolLM2-135M on an H200, 4-6 minutes per target for Qwen2.5-Coder-1.5B.
 # Time: `static` and `eval` score every item 7 times per target and neuron choice (5 oracle
 # budgets + 2 static arms): about 3 s each for SmolLM2-135M on an H100-class GPU (all 5 targets,
 # both neuron choices: ~4 minutes); a 1.5B model is ~10x slower: run one target per job

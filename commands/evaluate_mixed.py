@@ -11,7 +11,9 @@ For each target t and each neuron choice (global, context):
 3. with `eval.fit_items`, `fitted_input`: each unit's budget from a cost model fitted on that
    many training items of each kind, every unit of them scored at the oracle's budgets
    (`pruning.budgets.fit_cost_model`: the embedding of what the decision may read -> the unit's
-   cost per token at each budget), chosen as the oracle chooses but from predicted costs.
+   cost per token at each budget), chosen as the oracle chooses but from predicted costs; and
+   `fitted_within_kind`, the same with each kind's mean held at m on its own (the kind guessed
+   from the same embedding), so no kind pays for another.
 A per-input decision reads only what a deployment knows before the scored tokens: each window of
 a page or file is decided from the text of the window before it ("" for the first) and, with the
 stats lever, from its context ordering (its earlier windows); a question from its prompt.
@@ -54,7 +56,13 @@ from pruning.allocation import (
     ranks_of,
     sparsity_of,
 )
-from pruning.budgets import fit_cost_model, oracle_budgets, project_budgets, weighted_mean
+from pruning.budgets import (
+    fit_cost_model,
+    nearest_centroid,
+    oracle_budgets,
+    project_budgets,
+    weighted_mean,
+)
 from rl.checkpoints import check_agent, read_agent
 from rl.env import observe
 from rl.levers import action_dim, blend_orderings, global_ordering, item_features, split_actions
@@ -156,9 +164,16 @@ class MixedEvaluator:
         return per_item
 
     def grid_kept(self, budget: float) -> np.ndarray:
-        """The oracle's allocation [L] of one budget."""
+        """The oracle's allocation [L] of one budget (0: dense)."""
         width, align = self.pruner.width, self.pruner.align
+        if budget <= 0:
+            return np.full(self.n_layers, width)
         return baseline_kept(ORACLE_SHAPE, budget, self.n_layers, width, align)
+
+    def grid_reach(self, budgets: list[float], n: int) -> np.ndarray:
+        """[n, G]: the sparsity each budget's allocation reaches, for n inputs alike."""
+        reach = [sparsity_of(self.grid_kept(b), self.pruner.width) for b in budgets]
+        return np.tile(np.asarray(reach, dtype=np.float64), (n, 1))
 
     def score_lls(
         self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None
@@ -215,8 +230,7 @@ class MixedEvaluator:
         scored = [self.score_lls(self.grid_kept(b), context) for b in budgets]
         n = len(self.task)
         cost = np.array([[self.item_cost(i, lls[i]) for lls, _ in scored] for i in range(n)])
-        reach = np.array([sparsity_of(kept[0], self.pruner.width) for _, kept in scored])  # [G]
-        choice = oracle_budgets(cost, np.tile(reach, (n, 1)), self.tokens, target)
+        choice = oracle_budgets(cost, self.grid_reach(budgets, n), self.tokens, target)
         lls = [scored[g][0][i] for i, g in enumerate(choice)]
         kept = np.stack([scored[g][1][i] for i, g in enumerate(choice)])
         row = self.row(lls, kept)
@@ -229,7 +243,9 @@ class FittedBudgets:
     kind, never an eval item): every training unit is scored at the oracle's budgets, its cost
     at each (`MixedEvaluator.item_cost`) regressed on the embedding of what its decision may
     read; an eval unit takes the budget whose predicted cost is cheapest at the price that holds
-    the token-weighted mean (`oracle_budgets` on predicted costs).
+    the token-weighted mean (`oracle_budgets` on predicted costs). `fitted_within_kind` holds
+    the mean of each predicted kind on its own (`nearest_centroid` of the training units' kinds
+    in the same features): sparsity moves between the inputs of a kind, never between kinds.
 
     A training unit's loss is weighed with the eval figure's `kind_scale` of its kind (the
     kind's total words or dense wrong answers in the eval split), not the training split's: the
@@ -240,10 +256,15 @@ class FittedBudgets:
         self, cfg: Config, models: LoadedModels, pruner: Pruner, ev: MixedEvaluator
     ) -> None:
         items = load_items(cfg.data, cfg.data.train_split, cfg.eval.fit_items)
-        self.ev, self.train = ev, MixedEvaluator(cfg, models, pruner, items)
-        self.features = observations(models, cfg.data, self.train.unit_prompts(models.tokenizer))
+        self.ev = ev
+        self.train = train = MixedEvaluator(cfg, models, pruner, items)
+        self.features = observations(models, cfg.data, train.unit_prompts(models.tokenizer))
         self.eval_features = observations(models, cfg.data, ev.unit_prompts(models.tokenizer))
         self.scales = {k: ev.kind_scale(k) for k in ev.weights}  # the eval split's weighing
+        kinds = train.item_kind[train.unit_item]
+        self.kinds = nearest_centroid(self.features, kinds, self.eval_features)  # predicted
+        truth = ev.item_kind[ev.unit_item]  # read only to report how often the guess is right
+        self.kind_accuracy = weighted_mean(self.kinds == truth, ev.unit_tokens)
         self.scored: dict[tuple[float, bool], list[list[float]]] = {}  # (budget, context) -> lls
 
     def costs(self, budget: float, context: bool) -> np.ndarray:
@@ -259,24 +280,28 @@ class FittedBudgets:
             ]
         )
 
-    def arm(self, target: float, matched: float, context: bool) -> dict[str, Any]:
+    def arms(self, target: float, matched: float, context: bool) -> dict[str, dict]:
+        """fitted_input (the oracle's choice on predicted costs, one price for all units) and
+        fitted_within_kind (the same with each predicted kind's mean held at `matched`)."""
         budgets = oracle_grid(target)
         cost = np.stack([self.costs(b, context) for b in budgets], axis=1)  # [units, G]
-        train = self.train
+        train, ev = self.train, self.ev
         model = fit_cost_model(self.features, cost, train.unit_tokens, train.unit_item)
-        ev = self.ev
         predicted = model.predict(self.eval_features) * ev.unit_tokens[:, None]
-        reach = np.array([sparsity_of(self.ev.grid_kept(b), ev.pruner.width) for b in budgets])
-        choice = oracle_budgets(predicted, np.tile(reach, (len(ev.units), 1)), ev.unit_tokens,
-                                matched)  # fmt: skip
-        row = ev.unit_arm(np.stack([ev.grid_kept(budgets[g]) for g in choice]), context)
-        row["fit"] = {
+        reach = ev.grid_reach(budgets, len(ev.units))
+        fit = {
             "ridge": model.ridge,
             "heldout": model.heldout,
             "heldout_constant": model.heldout_constant,
             "training_units": len(train.units),
+            "kind_accuracy": self.kind_accuracy,
         }
-        return row
+        rows = {}
+        for name, groups in (("fitted_input", None), ("fitted_within_kind", self.kinds)):
+            choice = oracle_budgets(predicted, reach, ev.unit_tokens, matched, groups)
+            kept = np.stack([ev.grid_kept(budgets[g]) for g in choice])
+            rows[name] = ev.unit_arm(kept, context) | {"fit": fit}
+        return rows
 
 
 class Policy:
@@ -366,7 +391,7 @@ def evaluate_mixed(
             if policy is not None:
                 arms |= policy.arms(matched, context)
             if fitted is not None:
-                arms["fitted_input"] = fitted.arm(target, matched, context)
+                arms |= fitted.arms(target, matched, context)
             entry = {"target": target, "neurons": "context" if context else "global"}
             entry |= {"matched": matched, "arms": {a + suffix: r for a, r in arms.items()}}
             entry["gains"] = gains(arms)
@@ -402,7 +427,7 @@ def gains(arms: dict[str, dict]) -> dict[str, Any]:
     room = static[best] - arms["oracle"]["overall"]
     captured = {
         a: (static[best] - arms[a]["overall"]) / room if room > 0 else None
-        for a in ("policy_mean", "policy_input", "fitted_input")
+        for a in ("policy_mean", "policy_input", "fitted_input", "fitted_within_kind")
         if a in arms
     }
     return {"best_static": best, "oracle_gain": room, "captured": captured}

@@ -1,7 +1,7 @@
 """Per-input total budgets: how much of the model each input prunes, with the token-weighted mean
 over the inputs held at a target.
 
-Three pieces, all pure:
+The pieces, all pure:
 - `project_budgets`: a policy's raw per-input sparsities, shifted by one common offset (clipped
   to [low, high]) so that their token-weighted mean is the target: the batch projection that
   keeps a per-input budget on the mean, as `project_to_target` keeps a per-layer allocation on
@@ -11,7 +11,9 @@ Three pieces, all pure:
   on sparsity, bisected: the smallest price whose choices reach the target).
 - `fit_cost_model`: what a deployment can learn of that choice, a ridge regression from what an
   input's decision may read (its features) to its cost per token at each budget of the grid;
-  `oracle_budgets` on the predicted costs is then a per-input budget decided before scoring.
+  `oracle_budgets` on the predicted costs is then a per-input budget decided before scoring;
+  `nearest_centroid` names an input's likely kind from the same features, so a choice can hold
+  each kind's mean on its own.
 """
 
 from __future__ import annotations
@@ -50,15 +52,26 @@ def project_budgets(
 
 
 def oracle_budgets(
-    cost: np.ndarray, sparsity: np.ndarray, tokens: np.ndarray, target: float
+    cost: np.ndarray,
+    sparsity: np.ndarray,
+    tokens: np.ndarray,
+    target: float,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Index [n] of each input's budget among its G scored ones.
 
     cost [n, G] (lower is better), sparsity [n, G] reached, tokens [n]: input i takes
     argmin_g cost[i, g] - price * share_i * sparsity[i, g], share_i its token share; the price is
     the smallest (bisected) whose token-weighted mean sparsity reaches `target`. If no price
-    reaches it, every input takes its sparsest budget."""
+    reaches it, every input takes its sparsest budget. With `groups` [n], each group's mean is
+    held at `target` on its own (a price per group: no group pays for another)."""
     cost, sparsity = np.asarray(cost, dtype=np.float64), np.asarray(sparsity, dtype=np.float64)
+    if groups is not None:
+        groups, choice = np.asarray(groups), np.zeros(len(cost), dtype=np.int64)
+        for g in np.unique(groups):
+            at = groups == g
+            choice[at] = oracle_budgets(cost[at], sparsity[at], np.asarray(tokens)[at], target)
+        return choice
     share = np.asarray(tokens, dtype=np.float64) / np.sum(tokens)
 
     def choose(price: float) -> np.ndarray:
@@ -79,6 +92,16 @@ def oracle_budgets(
         else:
             hi = mid
     return choose(hi)
+
+
+def nearest_centroid(features: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's label [m]: the label whose training features' mean is nearest (Euclidean);
+    features [n, d] with labels [n], queries [m, d]."""
+    labels = np.asarray(labels)
+    names = np.unique(labels)
+    centroids = np.stack([np.asarray(features)[labels == name].mean(0) for name in names])
+    distance = ((np.asarray(queries)[:, None, :] - centroids[None]) ** 2).sum(-1)
+    return names[np.argmin(distance, axis=1)]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from pruning.allocation import ranks_of, sparsity_of
+from pruning.allocation import ranks_of
 from pruning.prunable_llm import PrunableLLM
 from rl.env import PruningBandit
 from scoring.tasks import item_tokens
@@ -169,7 +169,7 @@ class LeverBandit(PruningBandit):
                 for k, item in enumerate(orderings)
             ]
         rewards, infos = self.pay(indices, targets, kept, orderings)
-        sparsity = sparsity_of(kept, self.action_map.width)  # [n]
+        sparsity = np.array([info["sparsity"] for info in infos])  # [n], as `pay` measured it
         weight = self.token_weight[np.asarray(indices)]
         rewards = (rewards + self.price * weight * (sparsity - targets)).astype(np.float32)
         for info in infos:

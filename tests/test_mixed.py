@@ -13,7 +13,7 @@ import pytest
 
 from commands.build import make_pruner
 from commands.common import decision_texts, load_items
-from commands.evaluate_mixed import MixedEvaluator
+from commands.evaluate_mixed import MixedEvaluator, oracle_grid
 from commands.mixed import mixed_training_items
 from config import load_config
 from data.mixed import MixedDataSource, MixedItem, cap_per_kind, prompts_before
@@ -23,6 +23,7 @@ from pruning.budgets import (
     HOLDOUT,
     RIDGES,
     fit_cost_model,
+    nearest_centroid,
     oracle_budgets,
     project_budgets,
     weighted_mean,
@@ -65,11 +66,26 @@ def test_project_budgets_holds_the_token_weighted_mean() -> None:
 
 def test_oracle_budgets_spends_sparsity_where_it_is_cheap() -> None:
     sparsity = np.tile([0.2, 0.3, 0.4], (2, 1))
-    cost = np.array([[0.0, 0.0, 0.01], [0.0, 1.0, 2.0]])  # item 0 hardly cares, item 1 does
+    cost = np.array([[0.0, 0.0, 0.01], [0.0, 1.0, 3.0]])  # item 0 hardly cares, item 1 does
     choice = oracle_budgets(cost, sparsity, np.array([1, 1]), 0.3)
     assert choice.tolist() == [2, 0]  # 0.4 and 0.2: mean 0.3 at cost 0.01 (vs 1.0 at 0.3, 0.3)
     heavy = oracle_budgets(cost, sparsity, np.array([1, 3]), 0.3)  # item 1 weighs 3x
     assert weighted_mean(sparsity[[0, 1], heavy], np.array([1, 3])) >= 0.3 - 1e-12
+    # in groups of their own, neither item may pay for the other: both at 0.3
+    alone = oracle_budgets(cost, sparsity, np.array([1, 1]), 0.3, np.array([0, 1]))
+    assert alone.tolist() == [1, 1]
+    four, reach = np.tile(cost, (2, 1)), np.tile(sparsity, (2, 1))  # items 0, 1, 0, 1
+    mixed = oracle_budgets(four, reach, np.ones(4), 0.3, np.array([0, 0, 1, 1]))
+    assert mixed.tolist() == [2, 0, 2, 0]  # each group holds one of each: spent as above
+    alike = oracle_budgets(four, reach, np.ones(4), 0.3, np.array([0, 1, 0, 1]))
+    assert alike.tolist() == [1, 1, 1, 1]  # each group of one kind: its own mean at 0.3
+
+
+def test_nearest_centroid_names_each_query_by_the_nearest_kind_mean() -> None:
+    features = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+    labels = np.array(["prose", "prose", "code", "code"])
+    queries = np.array([[1.0, 1.0], [6.0, 9.0], [4.9, 0.0]])
+    assert nearest_centroid(features, labels, queries).tolist() == ["prose", "code", "prose"]
 
 
 def test_mixed_source_refuses_an_empty_kind_and_caps_per_kind() -> None:
@@ -172,6 +188,23 @@ def test_eval_mixed_static_arms_and_oracle(
     assert glob["gains"]["best_static"] == min(static, key=lambda a: arms[a]["overall"])
 
 
+def test_eval_mixed_at_0_1_lets_an_input_stay_dense(
+    project: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """At 0.1 the oracle's grid starts at 0: an input may stay dense (the whole width)."""
+    assert oracle_grid(0.1) == [0.0, 0.05, 0.1, 0.15, 0.2]
+    argv = ["eval", "--config", str(project), *MIXED, "--agent", "none", "--limit", "2"]
+    argv += ["--neurons", "global", "--set", "eval.targets=[0.1]", "--set", "env.align=1"]
+    argv += ["--set", f"train.runs_dir={tmp_path}"]
+    assert main(argv) == 0
+    result = json.loads((Path(last_json(capsys)["run"]) / "eval.json").read_text())
+    (entry,) = result["sweep"]
+    oracle = entry["arms"]["oracle"]
+    assert oracle["budgets"] == [0.1, 0.2, 0.0, 0.15, 0.0, 0.0]  # 2 pages, 2 files, 2 questions
+    assert oracle["overall"] == pytest.approx(-0.0007712368298960108, rel=1e-6)
+    assert oracle["sparsity"] == pytest.approx(0.10694444444444444, rel=1e-12)
+
+
 def test_fit_cost_model_learns_what_the_features_tell() -> None:
     """Two kinds of input, one steep cost curve over three budgets and one flat, each input with
     its own level and noise: the fit recovers the curves up to a constant, the choice on predicted
@@ -214,16 +247,20 @@ def test_eval_mixed_fitted_budgets(
     want = {  # arm: (overall figure, token-weighted sparsity)
         "fitted_input": (-0.0011037020957309553, 0.34860089869281047),
         "fitted_input_context": (-9.979846597828525e-05, 0.3662683823529412),
+        "fitted_within_kind": (-0.0011044844386415814, 0.34992851307189543),
+        "fitted_within_kind_context": (-3.288909484108286e-05, 0.3684129901960784),
     }
     for entry in result["sweep"]:
-        (arm,) = (a for a in entry["arms"] if a.startswith("fitted_input"))
-        row = entry["arms"][arm]
-        assert row["overall"] == pytest.approx(want[arm][0], rel=1e-6), arm
-        assert row["sparsity"] == pytest.approx(want[arm][1], rel=1e-12), arm
-        assert entry["matched"] <= row["sparsity"] < entry["matched"] + 0.01  # the oracle's mean
-        assert row["fit"]["training_units"] == 101  # 3 pages' and 3 files' windows, 3 questions
-        assert row["fit"]["ridge"] in RIDGES
-        assert "fitted_input" in entry["gains"]["captured"]
+        for arm in ("fitted_input", "fitted_within_kind"):
+            row = entry["arms"][arm + ("_context" if entry["neurons"] == "context" else "")]
+            key = arm + ("_context" if entry["neurons"] == "context" else "")
+            assert row["overall"] == pytest.approx(want[key][0], rel=1e-6), key
+            assert row["sparsity"] == pytest.approx(want[key][1], rel=1e-12), key
+            assert entry["matched"] <= row["sparsity"] < entry["matched"] + 0.025  # its mean
+            assert row["fit"]["training_units"] == 101  # 3 pages' and 3 files' windows, 3 MMLU
+            assert row["fit"]["ridge"] in RIDGES
+            assert row["fit"]["kind_accuracy"] == pytest.approx(0.9477124183006536, rel=1e-12)
+            assert arm in entry["gains"]["captured"]
     assert result["sweep"][0]["gains"]["captured"]["fitted_input"] == pytest.approx(
         0.820396598205552, rel=1e-6
     )
@@ -342,3 +379,12 @@ def test_mixed_table_and_figure_of_a_real_eval(
     assert "| 0.5 | context | policy_input_context | 0.5003 | +231.27% |" in "\n".join(lines)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert mixed_table([str(result), "--plot"]) == 2
+    capsys.readouterr()
+    other = Path(__file__).parents[1] / "bench/results/mixed_qwen1.5b_h200/fitted_budgets"
+    assert mixed_table([str(other / "eval_0.1.json"), str(other / "eval_0.5.json")]) == 0
+    table = capsys.readouterr().out  # the two runs' sweeps in one table, one dense row
+    assert table.count("| | | dense |") == 1
+    assert "| 0.1 | context | fitted_input_context | 0.1005 | +6.26% |" in table
+    assert "| 0.5 | context | fitted_input_context | 0.5005 | +154.79% |" in table
+    assert mixed_table([str(result), str(other / "eval_0.1.json")]) == 2  # another model
+    assert "different dense rows" in capsys.readouterr().err
