@@ -17,6 +17,7 @@ import yaml
 
 from config import ConfigError, EnvConfig
 from pruning.allocation import Profile, check_kept, dense_kept, fractions_of, kept_counts
+from pruning.budgets import BudgetRule
 from rl.env import ActionMap, observe
 
 PROFILE_KEY = "profiles"
@@ -231,3 +232,37 @@ def policy_kept(
     inputs = observe(obs, targets if action_map.budget else None)
     actions, _ = agent.predict(inputs, deterministic=True)
     return action_map.kept(actions, targets)
+
+
+def read_budget_rule(path: Path, target: float, neurons: str, shape: Shape) -> BudgetRule:
+    """The per-input budget rule of `target` and `neurons` from an `eval` run's
+    budget_rules.json (the mixed task with `eval.fit_items`), checked against the model's
+    (n_layers, width, align); every mistake is one ConfigError line."""
+    if not path.is_file():
+        raise ConfigError(
+            f"budget rules {path} do not exist; `eval` writes budget_rules.json on the mixed "
+            "task with eval.fit_items"
+        )
+    data = _read_file(path, "budget rules")
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"budget rules {path} hold no 'rules'; write them with `eval`")
+    mine = (data.get("n_layers"), data.get("width"), data.get("align"))
+    if any(want is not None and want != have for want, have in zip(shape, mine, strict=True)):
+        raise ConfigError(
+            f"budget rules {path} were fitted for (layers, width, align) {mine}, this model "
+            f"and config are {shape}: fit them with this model's `eval`"
+        )
+    rules = [r for r in data["rules"] if isinstance(r, dict)]
+    found = [r for r in rules if r.get("neurons") == neurons and r.get("target") == target]
+    if not found:
+        have = sorted({(r.get("target"), r.get("neurons")) for r in rules}, key=str)
+        raise ConfigError(
+            f"budget rules {path} have no rule for target {target} with {neurons} neurons; "
+            f"they have {have}"
+        )
+    try:
+        return BudgetRule.from_dict(found[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"budget rules {path}: a malformed rule ({exc}); rewrite with `eval`"
+        ) from exc

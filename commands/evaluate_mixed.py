@@ -57,9 +57,13 @@ from pruning.allocation import (
     sparsity_of,
 )
 from pruning.budgets import (
+    BUDGET_SHAPE,
+    BudgetRule,
+    budget_kept,
     fit_cost_model,
     nearest_centroid,
     oracle_budgets,
+    oracle_price,
     project_budgets,
     weighted_mean,
 )
@@ -71,7 +75,6 @@ from scoring.mixed import MixedTask, kind_loss, overall_figure
 from scoring.tasks import item_tokens, task_orderings
 
 ORACLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)  # per-item budgets around the target
-ORACLE_SHAPE = "ends_dense"  # the per-layer shape every oracle budget is spread with
 
 
 def oracle_grid(target: float) -> list[float]:
@@ -164,11 +167,8 @@ class MixedEvaluator:
         return per_item
 
     def grid_kept(self, budget: float) -> np.ndarray:
-        """The oracle's allocation [L] of one budget (0: dense)."""
-        width, align = self.pruner.width, self.pruner.align
-        if budget <= 0:
-            return np.full(self.n_layers, width)
-        return baseline_kept(ORACLE_SHAPE, budget, self.n_layers, width, align)
+        """The oracle's allocation [L] of one budget (`budget_kept`; 0: dense)."""
+        return budget_kept(budget, self.n_layers, self.pruner.width, self.pruner.align)
 
     def grid_reach(self, budgets: list[float], n: int) -> np.ndarray:
         """[n, G]: the sparsity each budget's allocation reaches, for n inputs alike."""
@@ -266,6 +266,7 @@ class FittedBudgets:
         truth = ev.item_kind[ev.unit_item]  # read only to report how often the guess is right
         self.kind_accuracy = weighted_mean(self.kinds == truth, ev.unit_tokens)
         self.scored: dict[tuple[float, bool], list[list[float]]] = {}  # (budget, context) -> lls
+        self.rules: list[BudgetRule] = []  # one per target and neuron choice, for `generate`
 
     def costs(self, budget: float, context: bool) -> np.ndarray:
         """Each training unit's cost at one budget (scored once per budget and neuron choice)."""
@@ -287,14 +288,23 @@ class FittedBudgets:
         cost = np.stack([self.costs(b, context) for b in budgets], axis=1)  # [units, G]
         train, ev = self.train, self.ev
         model = fit_cost_model(self.features, cost, train.unit_tokens, train.unit_item)
+        predicted = model.predict(self.features) * train.unit_tokens[:, None]
+        price = oracle_price(predicted, train.grid_reach(budgets, len(train.units)),
+                             train.unit_tokens, target)  # fmt: skip
+        rule = BudgetRule(target, "context" if context else "global", budgets, price, model)
+        self.rules.append(rule)
         predicted = model.predict(self.eval_features) * ev.unit_tokens[:, None]
         reach = ev.grid_reach(budgets, len(ev.units))
+        alone = rule.choose(self.eval_features, reach[0])  # each unit on its own, no batch
+        reach_of = dict(zip(budgets, reach[0], strict=True))
         fit = {
             "ridge": model.ridge,
             "heldout": model.heldout,
             "heldout_constant": model.heldout_constant,
             "training_units": len(train.units),
             "kind_accuracy": self.kind_accuracy,
+            "price": price,  # per token, calibrated on the training units at the target
+            "rule_sparsity": weighted_mean([reach_of[b] for b in alone], ev.unit_tokens),
         }
         rows = {}
         for name, groups in (("fitted_input", None), ("fitted_within_kind", self.kinds)):
@@ -404,7 +414,7 @@ def evaluate_mixed(
         "split": cfg.data.eval_split,
         "max_length": cfg.env.max_length,
         "num_items": {k: len(t) for k, t in ev.task.tasks.items()},
-        "oracle": {"shape": ORACLE_SHAPE, "offsets": list(ORACLE_OFFSETS)},
+        "oracle": {"shape": BUDGET_SHAPE, "offsets": list(ORACLE_OFFSETS)},
         "neurons": neurons,
         "fit_items": cfg.eval.fit_items,
         "context_fallbacks": ev.context_fallbacks if neurons != "global" else None,
@@ -414,6 +424,11 @@ def evaluate_mixed(
     }
     run_dir = new_run_dir(cfg, "eval")
     write_json(run_dir / "eval.json", result)
+    if fitted is not None:  # the fitted per-input budgets, for `generate --budget-rules`
+        shape = {"n_layers": ev.n_layers, "width": pruner.width, "align": pruner.align}
+        rules = {"llm": cfg.model.llm, "encoder": cfg.model.encoder} | shape
+        rules["rules"] = [rule.to_dict() for rule in fitted.rules]
+        write_json(run_dir / "budget_rules.json", rules)
     print(f"wrote {run_dir / 'eval.json'}")
     print(json.dumps({"run": str(run_dir), "sweep": headline(sweep)}))
     return result

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from commands.allocations import add_allocation_argument, agent_env, parse_allocation, policy_kept
+from commands.allocations import (
+    add_allocation_argument,
+    agent_env,
+    parse_allocation,
+    policy_kept,
+    read_budget_rule,
+)
 from commands.build import Pruner, make_pruner
 from commands.common import (
     new_run_dir,
@@ -23,13 +29,15 @@ from commands.common import (
 from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape, peek_shape
 from pruning.allocation import sparsity_of
+from pruning.budgets import BudgetRule, budget_kept
 from pruning.generation import COMPILE_MODES, generate_narrowed
 from rl.checkpoints import check_agent, read_agent
 
 HELP = (
-    "Generate from --prompt / --prompts-file with a fixed allocation (as `score` takes) or a "
-    "policy (--agent --target): each layer keeps the top-k neurons of the prompt's own dense "
-    "activations (env.neurons=context) or the global order. Prints text and tokens/s."
+    "Generate from --prompt / --prompts-file with a fixed allocation (as `score` takes), a "
+    "policy (--agent --target) or fitted per-input budgets (--budget-rules --target): each "
+    "layer keeps the top-k neurons of the prompt's own dense activations (env.neurons=context) "
+    "or the global order. Prints text and tokens/s."
 )
 
 
@@ -40,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (32)")
     parser.add_argument("--target", type=float, default=None, help="profile or policy target")
     parser.add_argument("--agent", default=None, help="a trained agent .zip: per-prompt allocation")
+    parser.add_argument(
+        "--budget-rules",
+        default=None,
+        help="an `eval` run's budget_rules.json (mixed task, eval.fit_items): each prompt's own "
+        "total budget at --target, from its embedding",
+    )
     parser.add_argument(
         "--neurons", choices=("global", "context"), default=None, help="default: env.neurons"
     )
@@ -67,6 +81,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.agent and args.target is None:
         raise ConfigError("--agent needs --target (the MLP sparsity the policy should meet)")
+    if args.budget_rules and args.target is None:
+        raise ConfigError("--budget-rules needs --target (the MLP sparsity of its rule)")
+    if args.budget_rules and (args.agent or args.allocation != "dense"):
+        raise ConfigError("give one of ALLOCATION, --agent and --budget-rules")
     return prompts
 
 
@@ -92,10 +110,22 @@ def allocations(
     pruner: Pruner,
     prompts: list[str],
     agent: Any,
+    rule: BudgetRule | None,
     warnings: list[str],
 ) -> np.ndarray:
-    """kept [n_prompts, n_layers] (dense: full width); `agent` as `read_agent` gives it."""
+    """kept [n_prompts, n_layers] (dense: full width); `agent` as `read_agent` gives it, `rule`
+    as `read_budget_rule` (each prompt's budget from its embedding, spread as `budget_kept`)."""
     n_layers, width = model_shape(models.llm)
+    if rule is not None:
+        features = observations(models, cfg.data, prompts)
+        if features.shape[1] != len(rule.model.mean):
+            raise ConfigError(
+                f"--budget-rules {args.budget_rules} read {len(rule.model.mean)}-dim embeddings; "
+                f"model.encoder gives {features.shape[1]}: use the encoder they were fitted with"
+            )
+        shape = (n_layers, width, pruner.align)
+        reach = [sparsity_of(budget_kept(b, *shape), width) for b in rule.budgets]
+        return np.stack([budget_kept(b, *shape) for b in rule.choose(features, reach)])
     if args.agent is None:
         kept = parse_allocation(args.allocation, (n_layers, width, cfg.env.align), args.target)
         return np.tile(kept, (len(prompts), 1))
@@ -151,16 +181,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     seed_everything(cfg.seed)
     neurons = args.neurons or cfg.env.neurons
-    agent = None  # the allocation or the agent is checked before the model loads
-    if args.agent is None:
-        shape = (*peek_shape(cfg.model.llm), cfg.env.align)
+    agent = rule = None  # the allocation, agent or rule is checked before the model loads
+    shape = (*peek_shape(cfg.model.llm), cfg.env.align)
+    if args.budget_rules:
+        rule = read_budget_rule(resolve_path(args.budget_rules), args.target, neurons, shape)
+    elif args.agent is None:
         parse_allocation(args.allocation, shape, args.target)
     else:
         agent = read_agent(resolve_path(args.agent))
     models = load_models(cfg.model)
     pruner = make_pruner(cfg, models)
     warnings: list[str] = []
-    kept = allocations(cfg, args, models, pruner, prompts, agent, warnings)
+    kept = allocations(cfg, args, models, pruner, prompts, agent, rule, warnings)
     rows = [
         generate_one(cfg, args, models, pruner, (i, text, kept[i], neurons))
         for i, text in enumerate(prompts)
@@ -169,6 +201,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if row["capture_failed"]:
             warn(f"prompt {i} decoded eagerly: {row['eager_reason']}", warnings)
     result = {"allocation": args.allocation, "agent": args.agent, "neurons": neurons}
+    result["budget_rules"] = args.budget_rules
     result["warnings"] = warnings
     run_dir = new_run_dir(cfg, "generate")
     write_json(run_dir / "generate.json", result | {"results": rows})

@@ -18,12 +18,23 @@ The pieces, all pure:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from pruning.allocation import baseline_kept
+
+BUDGET_SHAPE = "ends_dense"  # the per-layer shape every per-input budget is spread with
 RIDGES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # per unit weight; the held-out best is kept
 HOLDOUT = 5  # every 5th group (an input's units together) is held out to choose the ridge
+
+
+def budget_kept(budget: float, n_layers: int, width: int, align: int) -> np.ndarray:
+    """The allocation [L] of one per-input budget: `BUDGET_SHAPE` at it (0: the dense width)."""
+    if budget <= 0:
+        return np.full(n_layers, width)
+    return baseline_kept(BUDGET_SHAPE, budget, n_layers, width, align)
 
 
 def weighted_mean(values: np.ndarray, tokens: np.ndarray) -> float:
@@ -51,6 +62,44 @@ def project_budgets(
     return np.clip(raw + hi, low, high)
 
 
+def choose_budgets(cost_per_token: np.ndarray, sparsity: np.ndarray, price: float) -> np.ndarray:
+    """Index [n] of each input's budget: argmin_g cost_per_token[i, g] - price * sparsity[i, g]
+    (an input's whole cost is its tokens times this, so the choice is per token); an infinite
+    price takes every input's sparsest budget."""
+    if math.isinf(price):
+        return np.argmax(sparsity, axis=1)
+    return np.argmin(cost_per_token - price * sparsity, axis=1)
+
+
+def oracle_price(
+    cost: np.ndarray, sparsity: np.ndarray, tokens: np.ndarray, target: float
+) -> float:
+    """The smallest price per token on sparsity (bisected) at which `choose_budgets` reaches a
+    token-weighted mean sparsity of `target`; inf if no price does. cost [n, G] (lower is
+    better), sparsity [n, G] reached, tokens [n] > 0."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    per_token = np.asarray(cost, dtype=np.float64) / tokens[:, None]
+    sparsity = np.asarray(sparsity, dtype=np.float64)
+    share = tokens / tokens.sum()
+
+    def mean(price: float) -> float:
+        choice = choose_budgets(per_token, sparsity, price)
+        return float(np.dot(share, sparsity[np.arange(len(share)), choice]))
+
+    step = float(np.min(np.diff(np.unique(sparsity)), initial=1.0))
+    hi = (float(np.ptp(per_token)) + 1.0) / max(step, 1e-12)  # every input at its sparsest
+    lo = -hi
+    if mean(hi) < target - 1e-12:
+        return math.inf
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mean(mid) < target - 1e-12:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def oracle_budgets(
     cost: np.ndarray,
     sparsity: np.ndarray,
@@ -58,40 +107,21 @@ def oracle_budgets(
     target: float,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Index [n] of each input's budget among its G scored ones.
+    """Index [n] of each input's budget among its G scored ones: the cheapest choice whose
+    token-weighted mean sparsity reaches `target` (`oracle_price`, then `choose_budgets`).
 
-    cost [n, G] (lower is better), sparsity [n, G] reached, tokens [n]: input i takes
-    argmin_g cost[i, g] - price * share_i * sparsity[i, g], share_i its token share; the price is
-    the smallest (bisected) whose token-weighted mean sparsity reaches `target`. If no price
-    reaches it, every input takes its sparsest budget. With `groups` [n], each group's mean is
-    held at `target` on its own (a price per group: no group pays for another)."""
+    cost [n, G] (lower is better), sparsity [n, G] reached, tokens [n]. With `groups` [n], each
+    group's mean is held at `target` on its own (a price per group: no group pays for another)."""
     cost, sparsity = np.asarray(cost, dtype=np.float64), np.asarray(sparsity, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.float64)
     if groups is not None:
         groups, choice = np.asarray(groups), np.zeros(len(cost), dtype=np.int64)
         for g in np.unique(groups):
             at = groups == g
-            choice[at] = oracle_budgets(cost[at], sparsity[at], np.asarray(tokens)[at], target)
+            choice[at] = oracle_budgets(cost[at], sparsity[at], tokens[at], target)
         return choice
-    share = np.asarray(tokens, dtype=np.float64) / np.sum(tokens)
-
-    def choose(price: float) -> np.ndarray:
-        return np.argmin(cost - price * share[:, None] * sparsity, axis=1)
-
-    def mean(choice: np.ndarray) -> float:
-        return float(np.dot(share, sparsity[np.arange(len(share)), choice]))
-
-    span = float(np.ptp(cost)) + 1.0
-    step = float(np.min(np.diff(np.unique(sparsity)), initial=1.0)) * float(share.min())
-    lo, hi = -span / max(step, 1e-12), span / max(step, 1e-12)
-    if mean(choose(hi)) < target - 1e-12:
-        return np.argmax(sparsity, axis=1)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if mean(choose(mid)) < target - 1e-12:
-            lo = mid
-        else:
-            hi = mid
-    return choose(hi)
+    price = oracle_price(cost, sparsity, tokens, target)
+    return choose_budgets(cost / tokens[:, None], sparsity, price)
 
 
 def nearest_centroid(features: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -165,3 +195,40 @@ def fit_cost_model(
     best = min(errors, key=errors.get)
     coef, bias = _ridge(x, y, tokens, best)
     return CostModel(mean, scale, coef, bias, best, errors[best], constant)
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """A per-input budget decided from an input's features alone, for one target and neuron
+    choice: the budget of `budgets` whose predicted cost per token less `price` times its
+    sparsity is least (`choose_budgets`). `price` is the one that holds `target` on the inputs
+    it was calibrated on (`oracle_price` on their predicted costs); on another stream the mean
+    moves with the stream's mix."""
+
+    target: float
+    neurons: str
+    budgets: list[float]
+    price: float
+    model: CostModel
+
+    def choose(self, features: np.ndarray, reach: np.ndarray) -> np.ndarray:
+        """features [n, d], reach [G] (each budget's sparsity on this model) -> budgets [n]."""
+        predicted = self.model.predict(np.asarray(features, dtype=np.float64))
+        reach = np.tile(np.asarray(reach, dtype=np.float64), (len(predicted), 1))
+        return np.asarray(self.budgets)[choose_budgets(predicted, reach, self.price)]
+
+    def to_dict(self) -> dict:
+        m = self.model
+        arrays = {"mean": m.mean, "scale": m.scale, "coef": m.coef, "bias": m.bias}
+        model = {k: v.tolist() for k, v in arrays.items()}
+        model |= {"ridge": m.ridge, "heldout": m.heldout, "heldout_constant": m.heldout_constant}
+        rule = {"target": self.target, "neurons": self.neurons, "budgets": list(self.budgets)}
+        return rule | {"price": self.price, "model": model}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BudgetRule:
+        m = d["model"]
+        arrays = [np.asarray(m[k], dtype=np.float64) for k in ("mean", "scale", "coef", "bias")]
+        model = CostModel(*arrays, m["ridge"], m["heldout"], m["heldout_constant"])
+        budgets = [float(b) for b in d["budgets"]]
+        return cls(float(d["target"]), d["neurons"], budgets, float(d["price"]), model)

@@ -32,6 +32,7 @@ from scoring.mixed import answer_perplexity, kind_loss, overall_figure
 from tests.fixtures import N_LAYERS, fails_cleanly, last_json, make_tiny_project
 
 MIXED = ["--set", "data.dataset=mixed"]
+SUFFIX = {"global": "", "context": "_context"}
 REL = 1e-9
 
 
@@ -264,6 +265,36 @@ def test_eval_mixed_fitted_budgets(
     assert result["sweep"][0]["gains"]["captured"]["fitted_input"] == pytest.approx(
         0.820396598205552, rel=1e-6
     )
+    # the rules `generate --budget-rules` reads: one per target and neuron choice
+    rules_file = next(tmp_path.glob("eval_*/budget_rules.json"))
+    rules = json.loads(rules_file.read_text())
+    assert (rules["n_layers"], rules["width"], rules["align"]) == (N_LAYERS, 64, 1)
+    assert [(r["target"], r["neurons"]) for r in rules["rules"]] == [
+        (0.3, "global"),
+        (0.3, "context"),
+    ]
+    fits = {e["neurons"]: e["arms"][f"fitted_input{SUFFIX[e['neurons']]}"]["fit"]
+            for e in result["sweep"]}  # fmt: skip
+    # the price holds 0.3 on the training units; on the eval units, one at a time, near it
+    assert fits["global"]["price"] == pytest.approx(2.1086009793583532e-06, rel=1e-6)
+    assert fits["global"]["rule_sparsity"] == pytest.approx(0.30627042483660133, rel=1e-9)
+    assert fits["context"]["rule_sparsity"] == pytest.approx(0.2983047385620915, rel=1e-9)
+    base = ["generate", "--config", str(project), "--max-new-tokens", "2", "--target", "0.3"]
+    base += ["--budget-rules", str(rules_file), "--set", "env.align=1"]
+    prompts = ["def f(x):\n    return x + 1", "The city of song lies on the river.", "Q: 2+2? A:"]
+    assert main([*base, *(a for p in prompts for a in ("--prompt", p))]) == 0
+    out = json.loads((Path(last_json(capsys)["run"]) / "generate.json").read_text())
+    assert out["budget_rules"] == str(rules_file)
+    assert [r["sparsity"] for r in out["results"]] == [0.25, 0.296875, 0.25]  # each its own
+    bad = [  # argv tail, message: one line, exit 2, nothing written
+        (["--prompt", "x", "--target", "0.5"], "no rule for target 0.5 with global neurons"),
+        (["--prompt", "x", "--set", "env.align=8"], "were fitted for (layers, width, align)"),
+        (["--prompt", "x", "--agent", "a.zip"], "give one of ALLOCATION, --agent and --budget"),
+    ]
+    for tail, message in bad:
+        fails_cleanly(capsys, [*base, *tail], message, project)
+    no_target = ["generate", "--config", str(project), "--budget-rules", str(rules_file)]
+    fails_cleanly(capsys, [*no_target, "--prompt", "x"], "--budget-rules needs --target", project)
 
 
 def test_fit_items_needs_the_mixed_task(project: Path, capsys: pytest.CaptureFixture) -> None:
