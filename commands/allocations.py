@@ -9,6 +9,7 @@ one of its targets when it holds several).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,14 @@ ACTION_KEYS = (
 ALLOCATION_HELP = "dense | uniform:F | F1,F2,... (one per layer) | file.json/.yml | profile.json"
 
 
-def add_allocation_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+def add_allocation_argument(
+    parser: argparse.ArgumentParser, default: str | None, shown: str | None = None
+) -> None:
     """The positional ALLOCATION of `score`, `export` and `generate` (parsed by
-    `parse_allocation`)."""
+    `parse_allocation`); `shown`: the default the help names, when `default` is resolved later."""
+    shown = shown or default
     parser.add_argument(
-        "allocation", nargs="?", default=default, help=f"{ALLOCATION_HELP} (default: {default})"
+        "allocation", nargs="?", default=default, help=f"{ALLOCATION_HELP} (default: {shown})"
     )
 
 
@@ -243,7 +247,10 @@ def read_budget_rule(path: Path, target: float, neurons: str, shape: Shape) -> B
             f"budget rules {path} do not exist; `eval` writes budget_rules.json on the mixed "
             "task with eval.fit_items"
         )
-    data = _read_file(path, "budget rules")
+    try:  # JSON as `eval` wrote it (YAML would read 1e-05 as a string)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"budget rules {path} are not valid JSON (truncated?)") from exc
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ConfigError(f"budget rules {path} hold no 'rules'; write them with `eval`")
     mine = (data.get("n_layers"), data.get("width"), data.get("align"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -288,23 +289,21 @@ class FittedBudgets:
         cost = np.stack([self.costs(b, context) for b in budgets], axis=1)  # [units, G]
         train, ev = self.train, self.ev
         model = fit_cost_model(self.features, cost, train.unit_tokens, train.unit_item)
-        predicted = model.predict(self.features) * train.unit_tokens[:, None]
-        price = oracle_price(predicted, train.grid_reach(budgets, len(train.units)),
-                             train.unit_tokens, target)  # fmt: skip
+        train_reach = train.grid_reach(budgets, len(train.units))
+        price = oracle_price(model.predict(self.features), train_reach, train.unit_tokens, target)
         rule = BudgetRule(target, "context" if context else "global", budgets, price, model)
         self.rules.append(rule)
         predicted = model.predict(self.eval_features) * ev.unit_tokens[:, None]
         reach = ev.grid_reach(budgets, len(ev.units))
         alone = rule.choose(self.eval_features, reach[0])  # each unit on its own, no batch
-        reach_of = dict(zip(budgets, reach[0], strict=True))
         fit = {
             "ridge": model.ridge,
             "heldout": model.heldout,
             "heldout_constant": model.heldout_constant,
             "training_units": len(train.units),
             "kind_accuracy": self.kind_accuracy,
-            "price": price,  # per token, calibrated on the training units at the target
-            "rule_sparsity": weighted_mean([reach_of[b] for b in alone], ev.unit_tokens),
+            "price": None if math.isinf(price) else price,  # per token, set on the training units
+            "rule_sparsity": weighted_mean(reach[0][alone], ev.unit_tokens),
         }
         rows = {}
         for name, groups in (("fitted_input", None), ("fitted_within_kind", self.kinds)):

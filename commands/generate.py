@@ -29,7 +29,7 @@ from commands.common import (
 from config import Config, ConfigError
 from models import LoadedModels, load_models, model_shape, peek_shape
 from pruning.allocation import sparsity_of
-from pruning.budgets import BudgetRule, budget_kept
+from pruning.budgets import BudgetRule
 from pruning.generation import COMPILE_MODES, generate_narrowed
 from rl.checkpoints import check_agent, read_agent
 
@@ -42,11 +42,13 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_allocation_argument(parser, "dense")
+    add_allocation_argument(parser, None, "dense")  # None: told apart from --budget-rules
     parser.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="a text file, one prompt a line")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (32)")
-    parser.add_argument("--target", type=float, default=None, help="profile or policy target")
+    parser.add_argument(
+        "--target", type=float, default=None, help="profile, policy or budget-rules target"
+    )
     parser.add_argument("--agent", default=None, help="a trained agent .zip: per-prompt allocation")
     parser.add_argument(
         "--budget-rules",
@@ -83,7 +85,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         raise ConfigError("--agent needs --target (the MLP sparsity the policy should meet)")
     if args.budget_rules and args.target is None:
         raise ConfigError("--budget-rules needs --target (the MLP sparsity of its rule)")
-    if args.budget_rules and (args.agent or args.allocation != "dense"):
+    if args.budget_rules and (args.agent or args.allocation is not None):
         raise ConfigError("give one of ALLOCATION, --agent and --budget-rules")
     return prompts
 
@@ -117,15 +119,15 @@ def allocations(
     as `read_budget_rule` (each prompt's budget from its embedding, spread as `budget_kept`)."""
     n_layers, width = model_shape(models.llm)
     if rule is not None:
+        shape = (n_layers, width, pruner.align)  # the loaded model's, checked again
+        rule = read_budget_rule(resolve_path(args.budget_rules), args.target, rule.neurons, shape)
         features = observations(models, cfg.data, prompts)
         if features.shape[1] != len(rule.model.mean):
             raise ConfigError(
                 f"--budget-rules {args.budget_rules} read {len(rule.model.mean)}-dim embeddings; "
                 f"model.encoder gives {features.shape[1]}: use the encoder they were fitted with"
             )
-        shape = (n_layers, width, pruner.align)
-        reach = [sparsity_of(budget_kept(b, *shape), width) for b in rule.budgets]
-        return np.stack([budget_kept(b, *shape) for b in rule.choose(features, reach)])
+        return rule.kept(features, *shape)
     if args.agent is None:
         kept = parse_allocation(args.allocation, (n_layers, width, cfg.env.align), args.target)
         return np.tile(kept, (len(prompts), 1))
@@ -186,6 +188,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.budget_rules:
         rule = read_budget_rule(resolve_path(args.budget_rules), args.target, neurons, shape)
     elif args.agent is None:
+        args.allocation = args.allocation or "dense"
         parse_allocation(args.allocation, shape, args.target)
     else:
         agent = read_agent(resolve_path(args.agent))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pruning.allocation import baseline_kept
+from pruning.allocation import baseline_kept, sparsity_of
 
 BUDGET_SHAPE = "ends_dense"  # the per-layer shape every per-input budget is spread with
 RIDGES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # per unit weight; the held-out best is kept
@@ -72,15 +72,14 @@ def choose_budgets(cost_per_token: np.ndarray, sparsity: np.ndarray, price: floa
 
 
 def oracle_price(
-    cost: np.ndarray, sparsity: np.ndarray, tokens: np.ndarray, target: float
+    cost_per_token: np.ndarray, sparsity: np.ndarray, tokens: np.ndarray, target: float
 ) -> float:
     """The smallest price per token on sparsity (bisected) at which `choose_budgets` reaches a
-    token-weighted mean sparsity of `target`; inf if no price does. cost [n, G] (lower is
-    better), sparsity [n, G] reached, tokens [n] > 0."""
-    tokens = np.asarray(tokens, dtype=np.float64)
-    per_token = np.asarray(cost, dtype=np.float64) / tokens[:, None]
+    token-weighted mean sparsity of `target`; inf if no price does. cost_per_token [n, G] (lower
+    is better), sparsity [n, G] reached, tokens [n] > 0 (each input's weight in the mean)."""
+    per_token = np.asarray(cost_per_token, dtype=np.float64)
     sparsity = np.asarray(sparsity, dtype=np.float64)
-    share = tokens / tokens.sum()
+    share = np.asarray(tokens, dtype=np.float64) / np.sum(tokens)
 
     def mean(price: float) -> float:
         choice = choose_budgets(per_token, sparsity, price)
@@ -110,8 +109,11 @@ def oracle_budgets(
     """Index [n] of each input's budget among its G scored ones: the cheapest choice whose
     token-weighted mean sparsity reaches `target` (`oracle_price`, then `choose_budgets`).
 
-    cost [n, G] (lower is better), sparsity [n, G] reached, tokens [n]. With `groups` [n], each
-    group's mean is held at `target` on its own (a price per group: no group pays for another)."""
+    cost [n, G] each input's whole cost (lower is better), sparsity [n, G] reached, tokens [n].
+    With `groups` [n], each group's mean is held at `target` on its own (a price per group: no
+    group pays for another). A price stops only at the lower convex hull of each cost curve: on
+    a straight curve (or inputs alike) it cannot stop in the middle, and the mean overshoots the
+    target to the next hull point."""
     cost, sparsity = np.asarray(cost, dtype=np.float64), np.asarray(sparsity, dtype=np.float64)
     tokens = np.asarray(tokens, dtype=np.float64)
     if groups is not None:
@@ -120,8 +122,8 @@ def oracle_budgets(
             at = groups == g
             choice[at] = oracle_budgets(cost[at], sparsity[at], tokens[at], target)
         return choice
-    price = oracle_price(cost, sparsity, tokens, target)
-    return choose_budgets(cost / tokens[:, None], sparsity, price)
+    per_token = cost / tokens[:, None]
+    return choose_budgets(per_token, sparsity, oracle_price(per_token, sparsity, tokens, target))
 
 
 def nearest_centroid(features: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -212,23 +214,37 @@ class BudgetRule:
     model: CostModel
 
     def choose(self, features: np.ndarray, reach: np.ndarray) -> np.ndarray:
-        """features [n, d], reach [G] (each budget's sparsity on this model) -> budgets [n]."""
+        """features [n, d], reach [G] (each budget's sparsity on this model) -> index [n]."""
         predicted = self.model.predict(np.asarray(features, dtype=np.float64))
         reach = np.tile(np.asarray(reach, dtype=np.float64), (len(predicted), 1))
-        return np.asarray(self.budgets)[choose_budgets(predicted, reach, self.price)]
+        return choose_budgets(predicted, reach, self.price)
+
+    def kept(self, features: np.ndarray, n_layers: int, width: int, align: int) -> np.ndarray:
+        """Each input's allocation [n, L] (`budget_kept` of its chosen budget)."""
+        grid = np.stack([budget_kept(b, n_layers, width, align) for b in self.budgets])
+        return grid[self.choose(features, np.asarray(sparsity_of(grid, width)))]
 
     def to_dict(self) -> dict:
+        """JSON-ready; an infinite price (no price reached the target) is None."""
         m = self.model
         arrays = {"mean": m.mean, "scale": m.scale, "coef": m.coef, "bias": m.bias}
         model = {k: v.tolist() for k, v in arrays.items()}
         model |= {"ridge": m.ridge, "heldout": m.heldout, "heldout_constant": m.heldout_constant}
         rule = {"target": self.target, "neurons": self.neurons, "budgets": list(self.budgets)}
-        return rule | {"price": self.price, "model": model}
+        return rule | {"price": None if math.isinf(self.price) else self.price, "model": model}
 
     @classmethod
     def from_dict(cls, d: dict) -> BudgetRule:
+        """The inverse of `to_dict`; ValueError / KeyError / TypeError on a malformed rule."""
         m = d["model"]
-        arrays = [np.asarray(m[k], dtype=np.float64) for k in ("mean", "scale", "coef", "bias")]
-        model = CostModel(*arrays, m["ridge"], m["heldout"], m["heldout_constant"])
+        mean, scale, coef, bias = (
+            np.asarray(m[k], dtype=np.float64) for k in ("mean", "scale", "coef", "bias")
+        )
         budgets = [float(b) for b in d["budgets"]]
-        return cls(float(d["target"]), d["neurons"], budgets, float(d["price"]), model)
+        shapes = (mean.shape, scale.shape, coef.shape, bias.shape)
+        if shapes != ((len(mean),), (len(mean),), (len(mean), len(budgets)), (len(budgets),)):
+            raise ValueError(f"array shapes {shapes} do not fit {len(budgets)} budgets")
+        scalars = (float(m["ridge"]), float(m["heldout"]), float(m["heldout_constant"]))
+        model = CostModel(mean, scale, coef, bias, *scalars)
+        price = math.inf if d["price"] is None else float(d["price"])
+        return cls(float(d["target"]), str(d["neurons"]), budgets, price, model)
