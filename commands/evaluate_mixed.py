@@ -60,6 +60,7 @@ from pruning.allocation import (
 from pruning.budgets import (
     BUDGET_SHAPE,
     BudgetRule,
+    budget_grid,
     budget_kept,
     fit_cost_model,
     nearest_centroid,
@@ -173,8 +174,8 @@ class MixedEvaluator:
 
     def grid_reach(self, budgets: list[float], n: int) -> np.ndarray:
         """[n, G]: the sparsity each budget's allocation reaches, for n inputs alike."""
-        reach = [sparsity_of(self.grid_kept(b), self.pruner.width) for b in budgets]
-        return np.tile(np.asarray(reach, dtype=np.float64), (n, 1))
+        _, reach = budget_grid(budgets, self.n_layers, self.pruner.width, self.pruner.align)
+        return np.tile(reach, (n, 1))
 
     def score_lls(
         self, kept: np.ndarray, context: bool, blend: np.ndarray | None = None

@@ -37,6 +37,14 @@ def budget_kept(budget: float, n_layers: int, width: int, align: int) -> np.ndar
     return baseline_kept(BUDGET_SHAPE, budget, n_layers, width, align)
 
 
+def budget_grid(
+    budgets: list[float], n_layers: int, width: int, align: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each budget's allocation [G, L] (`budget_kept`) and the sparsity it reaches [G]."""
+    kept = np.stack([budget_kept(b, n_layers, width, align) for b in budgets])
+    return kept, np.asarray(sparsity_of(kept, width), dtype=np.float64)
+
+
 def weighted_mean(values: np.ndarray, tokens: np.ndarray) -> float:
     """sum(tokens * values) / sum(tokens); values [n], tokens [n] > 0."""
     tokens = np.asarray(tokens, dtype=np.float64)
@@ -221,8 +229,8 @@ class BudgetRule:
 
     def kept(self, features: np.ndarray, n_layers: int, width: int, align: int) -> np.ndarray:
         """Each input's allocation [n, L] (`budget_kept` of its chosen budget)."""
-        grid = np.stack([budget_kept(b, n_layers, width, align) for b in self.budgets])
-        return grid[self.choose(features, np.asarray(sparsity_of(grid, width)))]
+        grid, reach = budget_grid(self.budgets, n_layers, width, align)
+        return grid[self.choose(features, reach)]
 
     def to_dict(self) -> dict:
         """JSON-ready; an infinite price (no price reached the target) is None."""
